@@ -1,0 +1,3 @@
+from llm_course.cli import main
+
+main()

@@ -1,0 +1,183 @@
+"""Callbacks that every course task gets from the CLI: NaN guard, grad-norm, throughput, RNG state, metrics.json."""
+
+import json
+import math
+import random
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.utilities import grad_norm, rank_zero_only
+from lightning.pytorch.utilities.data import extract_batch_size
+
+
+class NonFiniteError(RuntimeError):
+    """Raised by :class:`NaNGuard` when the loss or the gradient norm stops being finite."""
+
+
+LIKELY_CAUSES = (
+    "a learning rate too high for this model (lower --model.optimizer.init_args.lr)",
+    "fp16 overflow (use --trainer.precision=bf16-mixed or 32-true)",
+    "exploding gradients (set --trainer.gradient_clip_val=1.0)",
+    "NaN or Inf in the input data, or a log/division of zero in the loss",
+)
+
+
+class NaNGuard(L.Callback):
+    """Stops training at the first non-finite loss or gradient norm, before the optimizer touches the weights.
+
+    Both checks run before ``optimizer.step``, so the weights in memory and every checkpoint already
+    written stay finite: ``last.ckpt`` is the last good state and a fixed run can resume from it.
+    The gradient norm (total L2 over all parameters) is logged as ``train/grad_norm``.
+
+    Args:
+        check_grad_norm: also check (and log) the gradient norm. Under ``16-mixed`` precision an
+            infinite norm is the grad scaler's normal signal to skip a step, so it is only logged there.
+    """
+
+    def __init__(self, check_grad_norm: bool = True) -> None:
+        self.check_grad_norm = check_grad_norm
+
+    @staticmethod
+    def _stop(trainer: L.Trainer, what: str, value: float) -> None:
+        causes = "\n".join(f"  - {c}" for c in LIKELY_CAUSES)
+        raise NonFiniteError(
+            f"{what} is {value} at global step {trainer.global_step} (epoch {trainer.current_epoch}, "
+            f"batch {trainer.fit_loop.epoch_loop.batch_progress.current.ready - 1}). "
+            f"Training stopped before the optimizer step, so the weights and the checkpoints already "
+            f"written are finite. Likely causes:\n{causes}"
+        )
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss).all():
+            self._stop(trainer, "The training loss", float(loss.detach().float().flatten()[0]))
+
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        if not self.check_grad_norm:
+            return
+        norm = grad_norm(pl_module, norm_type=2).get("grad_2.0_norm_total")
+        if norm is None:  # no parameter has a gradient yet
+            return
+        pl_module.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+        if not math.isfinite(float(norm)) and not str(trainer.precision).startswith("16"):
+            self._stop(trainer, "The gradient norm", float(norm))
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process in MiB: CUDA allocator peak on a GPU, else peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+class ThroughputMemory(L.Callback):
+    """Logs ``train/samples_per_sec`` (per device, averaged over ``log_every_n_steps``) and ``train/peak_mem_mb``.
+
+    Lightning's ``ThroughputMonitor`` needs a per-task ``batch_size_fn`` and reports FLOPs; this one infers
+    the batch size the way Lightning's logger does and adds the peak memory, which is what the course compares.
+    """
+
+    def __init__(self) -> None:
+        self._t0: float | None = None
+        self._samples = 0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._t0, self._samples = time.perf_counter(), 0
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._samples += extract_batch_size(batch)
+        if (batch_idx + 1) % trainer.log_every_n_steps or self._t0 is None:
+            return
+        elapsed = time.perf_counter() - self._t0
+        pl_module.log("train/samples_per_sec", self._samples / max(elapsed, 1e-9), on_step=True, on_epoch=False)
+        pl_module.log("train/peak_mem_mb", peak_memory_mb(pl_module.device), on_step=True, on_epoch=False)
+        self._t0, self._samples = time.perf_counter(), 0
+
+
+class RNGState(L.Callback):
+    """Saves the Python, NumPy and torch RNG states in each checkpoint and restores them on resume.
+
+    Lightning restores weights, optimizer and loop counters but not the global RNGs, so without this
+    a resumed run would shuffle (and drop out) differently from an uninterrupted one. The states are
+    put back at the start of the first resumed epoch, the point where the uninterrupted run would
+    continue from. Each process saves and restores its own rank's state in single-device runs; under
+    DDP the distributed sampler is seeded per epoch and the state of rank 0 is saved.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        # Plain tensors, ints and tuples only, so the checkpoint still loads with torch.load(weights_only=True).
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        state = {
+            "python": random.getstate(),
+            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
+            "torch": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = state_dict
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._pending is None:
+            return
+        state, self._pending = self._pending, None
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class PlainProgress(ProgressBar):
+    """One line per epoch with the logged metrics: the progress bar for logs, CI and other non-terminals."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._enabled = True
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    @rank_zero_only
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._enabled:
+            return
+        metrics = {k: v for k, v in self.get_metrics(trainer, pl_module).items() if k != "v_num"}
+        shown = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(metrics.items()))
+        print(f"epoch {trainer.current_epoch}  step {trainer.global_step}  {shown}", flush=True)
+
+
+class MetricsJSON(L.Callback):
+    """Writes every ``test/*`` value to ``<run dir>/metrics.json`` after ``test``."""
+
+    @rank_zero_only
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = {
+            k: v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v
+            for k, v in trainer.callback_metrics.items()
+            if k.startswith("test/")
+        }
+        path = Path(trainer.log_dir or trainer.default_root_dir) / "metrics.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
