@@ -4,15 +4,16 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
 
-def checkpoint_callback(monitor: str, mode: str = "min") -> ModelCheckpoint:
-    """Keep ``best.ckpt`` (by ``monitor``) and ``last.ckpt`` in ``<run dir>/checkpoints``.
+def checkpoint_callbacks(monitor: str, mode: str = "min") -> list[ModelCheckpoint]:
+    """``best.ckpt`` (by ``monitor``) and ``last.ckpt`` (every epoch) in ``<run dir>/checkpoints``.
 
-    Lightning writes each checkpoint to a temporary file and moves it into place, so a crash during
-    a save never leaves a truncated ``last.ckpt``.
+    Two callbacks, because Lightning's ``save_last=True`` only refreshes ``last.ckpt`` when a new best is
+    saved, and resuming needs the latest state. Lightning writes each file to a temporary name and moves
+    it into place, so a crash during a save never leaves a truncated ``last.ckpt``.
     """
-    return ModelCheckpoint(
-        monitor=monitor, mode=mode, filename="best", save_last=True, auto_insert_metric_name=False
-    )
+    best = ModelCheckpoint(monitor=monitor, mode=mode, filename="best", auto_insert_metric_name=False)
+    last = ModelCheckpoint(filename="last", save_top_k=1, enable_version_counter=False)
+    return [best, last]
 
 
 def maybe_compile(net: nn.Module, enabled: bool) -> None:

@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset, random_split
 
 from llm_course.assets import load_dataset_table
+from llm_course.loaders import make_loader
 
 SOURCES = ("synthetic", "boston")
 
@@ -87,13 +88,7 @@ class RegressionDataModule(L.LightningDataModule):
         )
 
     def _loader(self, dataset: TensorDataset, shuffle: bool = False) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
-            num_workers=self.hparams.num_workers,
-            persistent_workers=self.hparams.num_workers > 0,
-        )
+        return make_loader(dataset, self.hparams.batch_size, shuffle, self.hparams.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)

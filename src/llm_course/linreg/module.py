@@ -7,7 +7,7 @@ from torch.nn import functional as F
 from torchmetrics import MeanAbsoluteError, MetricCollection, R2Score
 
 from llm_course.linreg.model import LinearRegression
-from llm_course.training import checkpoint_callback, maybe_compile
+from llm_course.training import checkpoint_callbacks, maybe_compile
 
 
 class RegressionTask(L.LightningModule):
@@ -40,7 +40,7 @@ class RegressionTask(L.LightningModule):
         maybe_compile(self.net, self.hparams.compile)
 
     def configure_callbacks(self) -> list[L.Callback]:
-        return [checkpoint_callback("val/loss", "min")]
+        return checkpoint_callbacks("val/loss", "min")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
