@@ -7,6 +7,7 @@ are typed functions parsed by the same jsonargparse machinery, so ``--config`` w
 
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -104,6 +105,7 @@ USER_ERRORS = (UserError, AssetError, NonFiniteError, FileNotFoundError, ValueEr
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``llm-course``; ``args`` defaults to ``sys.argv[1:]`` (tests pass a list)."""
     argv = list(sys.argv[1:] if args is None else args)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's own use of a deprecated torch API
     try:
         if argv and argv[0] in EXTRA_COMMANDS:
             auto_cli(EXTRA_COMMANDS, args=argv)

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Runs every benchmark of the course into outputs/bench (reference data from ../shared/data when a benchmark needs it).
+# Usage: bash scripts/run_benchmarks.sh [DATA_DIR]
+set -euo pipefail
+DATA=${1:-../shared/data}
+OUT=outputs/bench
+llm-course bench linreg --output_dir "$OUT"
