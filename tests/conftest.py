@@ -36,3 +36,35 @@ def load_state(ckpt: Path) -> dict[str, torch.Tensor]:
 @pytest.fixture
 def cli():
     return run_cli
+
+
+def write_tiny_idx(folder: Path, n_train: int = 120, n_test: int = 40, gz: bool = True) -> Path:
+    """MNIST-layout IDX files whose images carry their own index in pixels (0, 0) and (0, 1).
+
+    Each class draws a bright horizontal bar at row ``3 + 2 * label``, so even a tiny model can learn it.
+    """
+    import numpy as np
+
+    from llm_course.vision.idx import write_idx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = ".gz" if gz else ""
+    start = 0
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        images = np.zeros((n, 28, 28), dtype=np.uint8)
+        ids = np.arange(start, start + n)
+        images[:, 0, 0], images[:, 0, 1] = ids % 256, ids // 256
+        for i, label in enumerate(labels):
+            images[i, 3 + 2 * label, 4:24] = 255
+        write_idx(folder / f"{prefix}-images-idx3-ubyte{suffix}", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte{suffix}", labels)
+        start += n
+    return folder
+
+
+@pytest.fixture
+def tiny_idx_args(tmp_path):
+    """CLI arguments that point a vision config at tiny IDX files written for the test."""
+    folder = write_tiny_idx(tmp_path / "idx")
+    return [f"--data.init_args.data_dir={folder}", "--data.init_args.batch_size=16"]

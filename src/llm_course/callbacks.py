@@ -1,4 +1,4 @@
-"""Callbacks that every course task gets from the CLI: NaN guard, grad-norm, throughput, RNG state, metrics.json."""
+"""Callbacks that every course task gets from the CLI: NaN guard, grad-norm, throughput, RNG state, test report."""
 
 import json
 import math
@@ -168,16 +168,68 @@ class PlainProgress(ProgressBar):
         print(f"epoch {trainer.current_epoch}  step {trainer.global_step}  {shown}", flush=True)
 
 
-class MetricsJSON(L.Callback):
-    """Writes every ``test/*`` value to ``<run dir>/metrics.json`` after ``test``."""
+class History(L.Callback):
+    """Keeps every epoch's logged scalars (after validation) in ``self.epochs``, for benchmark curves."""
+
+    def __init__(self) -> None:
+        self.epochs: list[dict[str, float]] = []
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        scalars = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        self.epochs.append({"epoch": trainer.current_epoch, "step": trainer.global_step, **scalars})
+
+
+class ExportBestWeights(L.Callback):
+    """After ``fit``, saves the best checkpoint's network weights alone as ``checkpoints/best.safetensors``.
+
+    The file holds the state dict of ``pl_module.net`` (the plain ``nn.Module``) when the task has one,
+    so ``net.load_state_dict(safetensors.torch.load_file(path))`` works without Lightning; otherwise the
+    whole module's.
+    """
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from safetensors.torch import save_file
+
+        ckpt = getattr(trainer.checkpoint_callback, "best_model_path", "")
+        if not ckpt or not Path(ckpt).is_file():
+            return
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+        prefix = "net." if hasattr(pl_module, "net") else ""
+        weights = {k[len(prefix):]: v.contiguous().clone() for k, v in state.items() if k.startswith(prefix)}
+        save_file(weights, Path(ckpt).with_suffix(".safetensors"), metadata={"source": Path(ckpt).name})
+
+
+class TestReport(L.Callback):
+    """After ``test``, writes ``metrics.json`` (every ``test/*`` value) into the run directory.
+
+    When the module keeps a ``confusion_matrix`` (a ``(C, C)`` tensor computed in ``on_test_epoch_end``), it
+    also writes ``confusion_matrix.png`` (and logs it to TensorBoard) and ``classification_report.txt``, with
+    class names from the DataModule's ``class_names`` when it has them.
+    """
 
     @rank_zero_only
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from llm_course.reporting import classification_report, plot_confusion_matrix, plt
+
+        run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
         metrics = {
             k: v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v
             for k, v in trainer.callback_metrics.items()
             if k.startswith("test/")
         }
-        path = Path(trainer.log_dir or trainer.default_root_dir) / "metrics.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        cm = getattr(pl_module, "confusion_matrix", None)
+        if cm is not None:
+            names = getattr(trainer.datamodule, "class_names", None) or [str(i) for i in range(len(cm))]
+            metrics["test/confusion_matrix"] = cm.tolist()
+            (run_dir / "classification_report.txt").write_text(classification_report(cm, names))
+            fig = plot_confusion_matrix(cm, names, title=f"Test confusion matrix ({int(cm.sum())} samples)")
+            fig.savefig(run_dir / "confusion_matrix.png", dpi=120)
+            for logger in trainer.loggers:
+                if hasattr(logger.experiment, "add_figure"):
+                    logger.experiment.add_figure("test/confusion_matrix", fig, trainer.global_step, close=False)
+            plt.close(fig)
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")

@@ -20,7 +20,15 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from llm_course.assets import AssetError
 from llm_course.bench import BENCHMARKS
-from llm_course.callbacks import MetricsJSON, NaNGuard, NonFiniteError, PlainProgress, RNGState, ThroughputMemory
+from llm_course.callbacks import (
+    ExportBestWeights,
+    NaNGuard,
+    NonFiniteError,
+    PlainProgress,
+    RNGState,
+    TestReport,
+    ThroughputMemory,
+)
 from llm_course.envinfo import env
 
 DEFAULT_ROOT = "outputs"
@@ -53,7 +61,7 @@ def check_precision(precision: Any, accelerator: Any) -> None:
 def default_callbacks(trainer_cfg: dict[str, Any], has_logger: bool) -> list[Callback]:
     """The callbacks every run gets, minus any of the same kind the config already lists."""
     given = list(trainer_cfg.get("callbacks") or [])
-    wanted: list[Callback] = [NaNGuard(), ThroughputMemory(), RNGState(), MetricsJSON()]
+    wanted: list[Callback] = [NaNGuard(), ThroughputMemory(), RNGState(), ExportBestWeights(), TestReport()]
     if has_logger:
         wanted.append(LearningRateMonitor(logging_interval="step"))
     if trainer_cfg.get("enable_progress_bar") is not False:
@@ -84,6 +92,7 @@ class CourseCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Pass a value once: the model's input width comes from the data where a task has one.
         parser.link_arguments("data.num_features", "model.init_args.in_features", apply_on="instantiate")
+        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]["trainer"] if self.subcommand else self.config["trainer"]
@@ -110,7 +119,7 @@ def main(args: list[str] | None = None) -> None:
         if argv and argv[0] in EXTRA_COMMANDS:
             auto_cli(EXTRA_COMMANDS, args=argv)
         else:
-            CourseCLI(args=argv)
+            CourseCLI(args=None if args is None else argv)
     except USER_ERRORS as err:
         if os.environ.get("LLM_COURSE_DEBUG"):
             raise

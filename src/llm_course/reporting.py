@@ -40,3 +40,51 @@ def write_report(output_dir: str | Path, name: str, results: dict[str, Any], fig
         figure.savefig(out / f"{name}.png", dpi=120, bbox_inches="tight")
         plt.close(figure)
     return path
+
+
+def plot_confusion_matrix(
+    cm: Any, class_names: list[str] | tuple[str, ...], title: str = "Confusion matrix", ax: plt.Axes | None = None
+) -> plt.Figure:
+    """Heat map of a confusion matrix (rows: true class, columns: predicted), with counts in the cells.
+
+    Draws into ``ax`` when given (a panel of a larger figure), else into a new figure.
+    """
+    import numpy as np
+
+    cm = np.asarray(cm)
+    k = len(cm)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(1.0 + 0.55 * k, 0.8 + 0.5 * k))
+    ax.imshow(cm, cmap="Blues")
+    ax.set(xticks=range(k), yticks=range(k), xlabel="predicted", ylabel="true", title=title)
+    ax.set_xticklabels(class_names, rotation=45, ha="right")
+    ax.set_yticklabels(class_names)
+    threshold = cm.max() / 2 if cm.size else 0
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=8,
+                    color="white" if cm[i, j] > threshold else "black")  # fmt: skip
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def classification_report(cm: Any, class_names: list[str] | tuple[str, ...]) -> str:
+    """Per-class precision, recall, F1 and support from a confusion matrix, plus accuracy and macro averages."""
+    import numpy as np
+
+    cm = np.asarray(cm, dtype=np.float64)
+    tp, support, predicted = np.diag(cm), cm.sum(1), cm.sum(0)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp), where=precision + recall > 0)
+    width = max(12, *(len(n) for n in class_names))
+    lines = [f"{'':>{width}}  precision  recall  f1-score  support"]
+    for name, p, r, f, s in zip(class_names, precision, recall, f1, support):
+        lines.append(f"{name:>{width}}  {p:9.4f}  {r:6.4f}  {f:8.4f}  {int(s):7d}")
+    total = int(cm.sum())
+    lines += [
+        "",
+        f"{'accuracy':>{width}}  {'':9}  {'':6}  {tp.sum() / max(total, 1):8.4f}  {total:7d}",
+        f"{'macro avg':>{width}}  {precision.mean():9.4f}  {recall.mean():6.4f}  {f1.mean():8.4f}  {total:7d}",
+    ]
+    return "\n".join(lines) + "\n"

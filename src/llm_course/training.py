@@ -1,7 +1,14 @@
-"""Pieces every task module shares, as plain functions: checkpoint policy and ``torch.compile``."""
+"""Pieces every task module shares, as plain functions: checkpoints, ``torch.compile``, optimizers."""
 
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from lightning import LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
 
 
 def checkpoint_callbacks(monitor: str, mode: str = "min") -> list[ModelCheckpoint]:
@@ -24,3 +31,27 @@ def maybe_compile(net: nn.Module, enabled: bool) -> None:
     """
     if enabled:
         net.compile()
+
+
+def configure_optimizers(
+    module: LightningModule,
+    optimizer: Callable[..., Optimizer],
+    scheduler: Callable[..., LRScheduler] | None = None,
+) -> Optimizer | dict[str, Any]:
+    """Build the optimizer over trainable parameters only, and the scheduler if one is configured.
+
+    ``OneCycleLR`` steps every batch and gets its ``total_steps`` from the Trainer when the config leaves
+    it out; other schedulers step every epoch.
+    """
+    opt = optimizer([p for p in module.parameters() if p.requires_grad])
+    if scheduler is None:
+        return opt
+    trainer = module.trainer
+    try:
+        sched = scheduler(opt)
+        interval = "step" if isinstance(sched, torch.optim.lr_scheduler.OneCycleLR) else "epoch"
+    except ValueError as err:  # OneCycleLR without total_steps: the Trainer knows the run's length
+        if "total_steps" not in str(err):
+            raise
+        sched, interval = scheduler(opt, total_steps=int(trainer.estimated_stepping_batches)), "step"
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": interval}}

@@ -7,7 +7,7 @@ from torch.nn import functional as F
 from torchmetrics import MeanAbsoluteError, MetricCollection, R2Score
 
 from llm_course.linreg.model import LinearRegression
-from llm_course.training import checkpoint_callbacks, maybe_compile
+from llm_course.training import checkpoint_callbacks, configure_optimizers, maybe_compile
 
 
 class RegressionTask(L.LightningModule):
@@ -68,7 +68,4 @@ class RegressionTask(L.LightningModule):
         return self(batch[0])
 
     def configure_optimizers(self):
-        optimizer = self.optimizer(self.parameters())
-        if self.scheduler is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": self.scheduler(optimizer)}
+        return configure_optimizers(self, self.optimizer, self.scheduler)

@@ -1,0 +1,77 @@
+"""``llm-course bench mnist``: train on the 5,000 embedded digits, evaluate once on an external test set."""
+
+import time
+from pathlib import Path
+
+from llm_course.callbacks import History
+from llm_course.reporting import plt, write_report
+
+
+def bench_mnist(
+    test_images: str,
+    test_labels: str,
+    output_dir: str = "outputs/bench",
+    config: str = "configs/mnist.yaml",
+    overrides: list[str] | None = None,
+) -> dict:
+    """Train ``config`` on the embedded digits (model selection on their validation split), test once.
+
+    The test set is used exactly once, by the best checkpoint by validation accuracy, after training.
+
+    Args:
+        test_images: IDX images of the test set (e.g. ``../shared/data/mnist/t10k-images-idx3-ubyte.gz``).
+        test_labels: IDX labels of the test set.
+        output_dir: where ``mnist.json``, ``mnist.png`` and the run (``mnist_run/``) are written.
+        config: the task config to train.
+        overrides: extra command-line overrides for the config, e.g. ``["--trainer.max_epochs=5"]``.
+    """
+    from llm_course.cli import CourseCLI
+    from llm_course.reporting import plot_confusion_matrix
+
+    for path in (test_images, test_labels):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--test_images/--test_labels: {path} does not exist")
+    args = [
+        "--config", config, f"--data.init_args.test_images={test_images}", f"--data.init_args.test_labels={test_labels}",
+        f"--trainer.default_root_dir={Path(output_dir) / 'mnist_run'}", "--trainer.enable_progress_bar=false",
+        *(overrides or []),
+    ]  # fmt: skip
+    cli = CourseCLI(args, run=False)
+    history = History()
+    cli.trainer.callbacks.append(history)
+    start = time.perf_counter()
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    train_seconds = time.perf_counter() - start
+    best = cli.trainer.checkpoint_callback
+    test = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)[0]
+    cm = cli.model.confusion_matrix
+    dm = cli.datamodule
+    results = {
+        "test_acc": test["test/acc"],
+        "test_f1_macro": test["test/f1"],
+        "test_loss": test["test/loss"],
+        "test_samples": int(cm.sum()),
+        "train_samples": len(dm.train_set),
+        "val_samples": len(dm.val_set),
+        "best_val_acc": float(best.best_model_score),
+        "best_epoch": max(history.epochs, key=lambda e: e["val/acc"])["epoch"],
+        "epochs_run": len(history.epochs),
+        "train_seconds": round(train_seconds, 1),
+        "test_data": {"images": str(test_images), "labels": str(test_labels)},
+        "config": config,
+        "overrides": overrides or [],
+        "history": history.epochs,
+    }
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 5))
+    epochs = [e["epoch"] for e in history.epochs]
+    ax1.plot(epochs, [e["val/acc"] for e in history.epochs], "o-", label="validation accuracy")
+    ax1.plot(epochs, [e.get("train/acc", float("nan")) for e in history.epochs], "s-", label="train accuracy")
+    ax1.axhline(results["test_acc"], color="k", ls="--", lw=1, label=f"test accuracy {results['test_acc']:.4f}")
+    ax1.set(xlabel="epoch", ylabel="accuracy", ylim=(0.9, 1.0), title=f"MNIST, {results['train_samples']} training digits")
+    ax1.legend(loc="lower right")
+    plot_confusion_matrix(cm, dm.class_names, f"Test confusion matrix ({results['test_samples']} digits)", ax=ax2)
+    path = write_report(output_dir, "mnist", results, fig)
+    print(f"test_acc {results['test_acc']:.4f} on {results['test_samples']} digits, "
+          f"train {results['train_seconds']} s -> {path}")  # fmt: skip
+    return results

@@ -1,0 +1,163 @@
+"""Module 2: IDX files, seeded splits, both networks, early stopping, checkpoints that predict the same."""
+
+import gzip
+import json
+from functools import partial
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.callbacks import EarlyStopping
+from safetensors.torch import load_file
+
+from conftest import CONFIGS, run_dir, write_tiny_idx
+from llm_course.cli import CourseCLI
+from llm_course.vision import MLP, ImageClassifier, SmallCNN, VisionDataModule
+from llm_course.vision.idx import read_idx, write_idx
+
+QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.accelerator=cpu"]
+
+
+@pytest.mark.parametrize("name", ["x-idx3-ubyte", "x-idx3-ubyte.gz"])
+def test_idx_round_trip(tmp_path, name):
+    array = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    read = read_idx(write_idx(tmp_path / name, array))
+    assert read.shape == (2, 3, 4) and read.dtype == np.uint8 and np.array_equal(read, array)
+
+
+def test_idx_header_is_parsed_by_hand(tmp_path):
+    # magic 0x00000801 (unsigned bytes, 1 dimension), count 3, then the payload
+    (tmp_path / "labels").write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 3, 7, 2, 9]))
+    assert read_idx(tmp_path / "labels").tolist() == [7, 2, 9]
+
+
+def test_idx_errors_name_the_file(tmp_path):
+    (tmp_path / "bad").write_bytes(b"PK\x03\x04....")
+    with pytest.raises(ValueError, match="bad magic number"):
+        read_idx(tmp_path / "bad")
+    with gzip.open(tmp_path / "short.gz", "wb") as f:
+        f.write(bytes([0, 0, 8, 1, 0, 0, 0, 5, 1, 2]))
+    with pytest.raises(ValueError, match=r"short.gz: header says shape \(5,\)"):
+        read_idx(tmp_path / "short.gz")
+    with pytest.raises(FileNotFoundError, match="missing"):
+        read_idx(tmp_path / "missing")
+
+
+def _ids(dataset) -> set[int]:
+    x = dataset.tensors[0]
+    return set((x[:, 0, 0].long() + 256 * x[:, 0, 1].long()).tolist())
+
+
+def test_split_is_seeded_disjoint_and_complete(tmp_path):
+    folder = write_tiny_idx(tmp_path)
+    a = VisionDataModule(source="mnist", data_dir=str(folder), val_fraction=0.25)
+    b = VisionDataModule(source="mnist", data_dir=str(folder), val_fraction=0.25)
+    c = VisionDataModule(source="mnist", data_dir=str(folder), val_fraction=0.25, seed=7)
+    for dm in (a, b, c):
+        dm.setup()
+    assert _ids(a.train_set) == _ids(b.train_set) and _ids(a.val_set) == _ids(b.val_set)
+    assert _ids(a.val_set) != _ids(c.val_set)
+    assert len(a.train_set) == 90 and len(a.val_set) == 30 and len(a.test_set) == 40
+    assert not _ids(a.train_set) & _ids(a.val_set)
+    assert _ids(a.train_set) | _ids(a.val_set) == set(range(120))
+    assert _ids(a.test_set) == set(range(120, 160))  # the official t10k files, untouched by the split
+
+
+def test_embedded_digits_split_and_statistics():
+    dm = VisionDataModule(source="mnist-5k")
+    dm.setup()
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (4050, 450, 500)
+    assert 0.12 < dm.mean < 0.14 and 0.29 < dm.std < 0.32  # MNIST's well-known 0.1307 / 0.3081
+    x, y = dm.train_set[0]
+    assert x.shape == (28, 28) and x.dtype == torch.uint8 and 0 <= int(y) < 10
+
+
+def test_external_test_set_replaces_the_held_out_split(tmp_path):
+    folder = write_tiny_idx(tmp_path, n_train=10, n_test=30)
+    dm = VisionDataModule(
+        source="mnist-5k",
+        test_images=str(folder / "t10k-images-idx3-ubyte.gz"),
+        test_labels=str(folder / "t10k-labels-idx1-ubyte.gz"),
+    )
+    dm.setup()
+    assert len(dm.test_set) == 30 and len(dm.train_set) + len(dm.val_set) == 5000
+
+
+def test_missing_files_and_wrong_source_are_explained(tmp_path):
+    dm = VisionDataModule(source="fashion-mnist", data_dir=str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError) as exc:
+        dm.prepare_data()
+    msg = str(exc.value)
+    assert "train-images-idx3-ubyte" in msg and "--data.init_args.data_dir" in msg and "mnist-5k" in msg
+    with pytest.raises(ValueError, match="data.source='mnst' is not one of: mnist-5k, mnist, fashion-mnist"):
+        VisionDataModule(source="mnst")
+    with pytest.raises(ValueError, match="test_images and data.test_labels go together"):
+        VisionDataModule(test_images="x")
+
+
+def test_augmentation_moves_pixels_only_in_training():
+    dm = VisionDataModule(augment=True)
+    batch = [torch.zeros(4, 28, 28, dtype=torch.uint8), torch.zeros(4, dtype=torch.long)]
+    batch[0][:, 10:18, 10:18] = 255
+    plain = dm.on_after_batch_transfer(batch, 0)[0]  # no trainer: treated as evaluation
+    warped = dm.augment(batch[0].unsqueeze(1).float() / 255)
+    assert plain.shape == warped.shape == (4, 1, 28, 28)
+    assert not torch.allclose(warped, batch[0].unsqueeze(1).float() / 255)
+    assert torch.allclose(warped.sum((1, 2, 3)), torch.full((4,), 64.0), rtol=0.35)  # the ink moves, it stays
+
+
+@pytest.mark.parametrize("net", [MLP(), SmallCNN(), SmallCNN(channels=(8, 16), hidden=32, num_classes=4)])
+def test_model_shapes(net):
+    out = net(torch.randn(5, 1, 28, 28))
+    assert out.shape == (5, net(torch.randn(1, 1, 28, 28)).shape[-1])
+    assert out.shape[-1] in (10, 4)
+
+
+def test_early_stopping_stops_on_a_plateau(tmp_path):
+    folder = write_tiny_idx(tmp_path / "idx")
+    model = ImageClassifier(net=MLP(hidden=(16,)), optimizer=partial(torch.optim.SGD, lr=0.0))  # nothing changes
+    stopper = EarlyStopping(monitor="val/acc", mode="max", patience=2)
+    trainer = L.Trainer(max_epochs=20, callbacks=[stopper], logger=False, enable_progress_bar=False,
+                        default_root_dir=tmp_path, accelerator="cpu")  # fmt: skip
+    trainer.fit(model, VisionDataModule(source="mnist", data_dir=str(folder), batch_size=32))
+    # epoch 0 sets the best; epochs 1 and 2 fail to improve it; patience 2 stops after epoch 2
+    assert stopper.stopped_epoch == 2 and trainer.current_epoch == 3
+
+
+def test_reloaded_checkpoint_predicts_what_the_trained_model_predicted(tmp_path, tiny_idx_args):
+    config = CONFIGS / "mnist.yaml"
+    args = ["--config", str(config), "--data.init_args.source=mnist", *tiny_idx_args, *QUIET,
+            "--trainer.max_epochs=2", f"--trainer.default_root_dir={tmp_path}"]  # fmt: skip
+    fit = CourseCLI(["fit", *args])
+    run = run_dir(tmp_path)
+    trained = fit.model.eval()
+    test_x = torch.stack([t for t, _ in fit.datamodule.test_set])
+    x, _ = fit.datamodule.on_after_batch_transfer([test_x, torch.zeros(len(test_x))], 0)
+    with torch.inference_mode():
+        expected = trained(x).argmax(-1)
+
+    predict = CourseCLI(["predict", *args, f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"])
+    predicted = torch.cat(predict.trainer.predict_loop.predictions)
+    assert torch.equal(predicted, expected)
+
+    # the exported best weights load into the plain nn.Module, without Lightning
+    best = ImageClassifier(net=SmallCNN(channels=(32, 64), hidden=128))
+    best.net.load_state_dict(load_file(run / "checkpoints" / "best.safetensors"))
+    state = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(best.state_dict()[k], v) for k, v in state.items() if k.startswith("net."))
+
+
+def test_test_from_checkpoint_writes_report_and_confusion_matrix(tmp_path, tiny_idx_args):
+    args = ["--config", str(CONFIGS / "fashion_mnist.yaml"), *tiny_idx_args, *QUIET, f"--trainer.default_root_dir={tmp_path}"]
+    CourseCLI(["fit", *args, "--trainer.max_epochs=3"])
+    ckpt = run_dir(tmp_path) / "checkpoints" / "best.ckpt"
+    CourseCLI(["test", *args, f"--ckpt_path={ckpt}"])
+    run = run_dir(tmp_path)
+    metrics = json.loads((run / "metrics.json").read_text())
+    cm = np.array(metrics["test/confusion_matrix"])
+    assert cm.shape == (10, 10) and cm.sum() == 40
+    assert metrics["test/acc"] == pytest.approx(np.trace(cm) / 40, abs=1e-6)
+    assert (run / "confusion_matrix.png").stat().st_size > 5000
+    report = (run / "classification_report.txt").read_text()
+    assert "Ankle boot" in report and "macro avg" in report
