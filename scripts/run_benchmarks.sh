@@ -5,3 +5,5 @@ set -euo pipefail
 DATA=${1:-../shared/data}
 OUT=outputs/bench
 llm-course bench linreg --output_dir "$OUT"
+llm-course bench mnist --test_images "$DATA/mnist/t10k-images-idx3-ubyte.gz" \
+  --test_labels "$DATA/mnist/t10k-labels-idx1-ubyte.gz" --output_dir "$OUT"

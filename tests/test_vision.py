@@ -142,10 +142,10 @@ def test_reloaded_checkpoint_predicts_what_the_trained_model_predicted(tmp_path,
     assert torch.equal(predicted, expected)
 
     # the exported best weights load into the plain nn.Module, without Lightning
-    best = ImageClassifier(net=SmallCNN(channels=(32, 64), hidden=128))
-    best.net.load_state_dict(load_file(run / "checkpoints" / "best.safetensors"))
+    net = SmallCNN(channels=(24, 48), hidden=128)  # as in configs/mnist.yaml
+    net.load_state_dict(load_file(run / "checkpoints" / "best.safetensors"))
     state = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
-    assert all(torch.equal(best.state_dict()[k], v) for k, v in state.items() if k.startswith("net."))
+    assert all(torch.equal(net.state_dict()[k.removeprefix("net.")], v) for k, v in state.items() if k.startswith("net."))
 
 
 def test_test_from_checkpoint_writes_report_and_confusion_matrix(tmp_path, tiny_idx_args):
@@ -161,3 +161,18 @@ def test_test_from_checkpoint_writes_report_and_confusion_matrix(tmp_path, tiny_
     assert (run / "confusion_matrix.png").stat().st_size > 5000
     report = (run / "classification_report.txt").read_text()
     assert "Ankle boot" in report and "macro avg" in report
+
+
+def test_bench_mnist_reports_test_accuracy_on_the_given_files(tmp_path):
+    from conftest import run_cli
+
+    folder = write_tiny_idx(tmp_path / "idx", n_train=10, n_test=50)
+    run_cli("bench", "mnist", f"--test_images={folder / 't10k-images-idx3-ubyte.gz'}",
+            f"--test_labels={folder / 't10k-labels-idx1-ubyte.gz'}", f"--output_dir={tmp_path / 'out'}",
+            f"--task_config={CONFIGS / 'mnist.yaml'}",
+            '--overrides=["--trainer.max_epochs=2", "--trainer.limit_train_batches=4", "--trainer.accelerator=cpu"]')  # fmt: skip
+    report = json.loads((tmp_path / "out" / "mnist.json").read_text())
+    assert report["test_samples"] == 50 and report["train_samples"] == 4500 and report["val_samples"] == 500
+    assert report["epochs_run"] == 2 and len(report["history"]) == 2
+    assert 0.0 <= report["test_acc"] <= 1.0 and report["train_seconds"] > 0
+    assert (tmp_path / "out" / "mnist.png").stat().st_size > 20_000

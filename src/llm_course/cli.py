@@ -117,7 +117,7 @@ def main(args: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's own use of a deprecated torch API
     try:
         if argv and argv[0] in EXTRA_COMMANDS:
-            auto_cli(EXTRA_COMMANDS, args=argv)
+            auto_cli(EXTRA_COMMANDS, args=argv, as_positional=False)
         else:
             CourseCLI(args=None if args is None else argv)
     except USER_ERRORS as err:

@@ -11,7 +11,7 @@ def bench_mnist(
     test_images: str,
     test_labels: str,
     output_dir: str = "outputs/bench",
-    config: str = "configs/mnist.yaml",
+    task_config: str = "configs/mnist.yaml",
     overrides: list[str] | None = None,
 ) -> dict:
     """Train ``config`` on the embedded digits (model selection on their validation split), test once.
@@ -22,7 +22,7 @@ def bench_mnist(
         test_images: IDX images of the test set (e.g. ``../shared/data/mnist/t10k-images-idx3-ubyte.gz``).
         test_labels: IDX labels of the test set.
         output_dir: where ``mnist.json``, ``mnist.png`` and the run (``mnist_run/``) are written.
-        config: the task config to train.
+        task_config: the task config to train (``--config`` is the bench command's own config file).
         overrides: extra command-line overrides for the config, e.g. ``["--trainer.max_epochs=5"]``.
     """
     from llm_course.cli import CourseCLI
@@ -32,7 +32,7 @@ def bench_mnist(
         if not Path(path).is_file():
             raise FileNotFoundError(f"--test_images/--test_labels: {path} does not exist")
     args = [
-        "--config", config, f"--data.init_args.test_images={test_images}", f"--data.init_args.test_labels={test_labels}",
+        "--config", task_config, f"--data.init_args.test_images={test_images}", f"--data.init_args.test_labels={test_labels}",
         f"--trainer.default_root_dir={Path(output_dir) / 'mnist_run'}", "--trainer.enable_progress_bar=false",
         *(overrides or []),
     ]  # fmt: skip
@@ -58,7 +58,7 @@ def bench_mnist(
         "epochs_run": len(history.epochs),
         "train_seconds": round(train_seconds, 1),
         "test_data": {"images": str(test_images), "labels": str(test_labels)},
-        "config": config,
+        "task_config": task_config,
         "overrides": overrides or [],
         "history": history.epochs,
     }
