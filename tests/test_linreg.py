@@ -131,7 +131,7 @@ def test_nan_guard_error_reaches_the_user_without_traceback(tmp_path, capsys):
 
 def test_checkpoint_callback_keeps_best_and_last(tmp_path):
     run = fit(tmp_path, "--trainer.max_epochs=2")
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "best.safetensors", "last.ckpt"]
     best = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
     callback_state = next(v for k, v in best["callbacks"].items() if k.startswith("ModelCheckpoint"))
     assert callback_state["monitor"] == "val/loss"

@@ -223,7 +223,8 @@ class TestReport(L.Callback):
         }
         cm = getattr(pl_module, "confusion_matrix", None)
         if cm is not None:
-            names = getattr(trainer.datamodule, "class_names", None) or [str(i) for i in range(len(cm))]
+            dm = trainer.datamodule
+            names = getattr(dm, "class_names", None) or getattr(dm, "label_names", None) or [str(i) for i in range(len(cm))]
             metrics["test/confusion_matrix"] = cm.tolist()
             (run_dir / "classification_report.txt").write_text(classification_report(cm, names))
             fig = plot_confusion_matrix(cm, names, title=f"Test confusion matrix ({int(cm.sum())} samples)")

@@ -1,0 +1,236 @@
+"""DataModule for Module 3: text classification (IMDb, AG News, or your own files) with a HF tokenizer."""
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+from datasets import ClassLabel, Dataset, DatasetDict, load_from_disk
+from torch.utils.data import DataLoader
+
+from llm_course.assets import cache_dir, from_pretrained
+from llm_course.loaders import make_loader
+from llm_course.text.sampling import LengthGroupedSampler, SortedSampler
+from llm_course.text.sources import load_aclimdb, load_files, load_hub
+
+NO_SOURCE = (
+    "no text data given: set data.dataset (hub name, e.g. stanfordnlp/imdb), data.train_file/test_file "
+    "(local .jsonl[.gz]/.csv/.parquet), or data.aclimdb_dir"
+)
+
+
+class TextClassificationDataModule(L.LightningDataModule):
+    """Texts and labels from a hub dataset, local files or an ``aclImdb/`` folder, tokenized once and cached.
+
+    Sources, first match wins: local files (``train_file`` + optional ``val_file``/``test_file``), then
+    ``aclimdb_dir``, then the hub ``dataset`` (so a config naming a hub dataset runs offline on local copies). Without a validation split, ``val_fraction`` of train is held out with a seeded
+    generator. Tokenized splits are saved under ``<cache>/tokenized/<fingerprint>`` (the fingerprint covers
+    the source files, the tokenizer and every setting that changes the tokens), so a second run skips it.
+
+    Args:
+        model_name_or_path: tokenizer to use (the CLI links it to the model's); ``minilm`` works offline.
+        dataset: hub dataset name, e.g. ``stanfordnlp/imdb`` or ``ag_news``.
+        train_file: local training file (``.jsonl``, ``.jsonl.gz``, ``.csv``, ``.parquet``).
+        val_file: local validation file.
+        test_file: local test file.
+        aclimdb_dir: folder of the original IMDb release (``aclImdb/{train,test}/{neg,pos}/*.txt``).
+        text_column: column holding the text.
+        label_column: column holding the label (integer ids or strings).
+        label_names: names of the label ids; default: the dataset's ``ClassLabel`` names, else the ids.
+        val_fraction: share of train held out for validation when no validation split exists.
+        max_samples: keep at most this many examples per split (a seeded random subset), for quick runs.
+        max_length: tokens per text, special tokens included.
+        truncation: ``head`` keeps the start of long texts; ``head_tail`` keeps ``head_fraction`` of the
+            budget from the start and the rest from the end (reviews often conclude at the end).
+        head_fraction: share of the token budget taken from the start under ``head_tail``.
+        batch_size: training batch size.
+        eval_batch_size: validation/test/predict batch size.
+        group_by_length: batch texts of similar length together (train: random groups; eval: sorted).
+        predict_texts: texts to classify with ``llm-course predict``.
+        predict_file: a file with one text per line to classify with ``llm-course predict``.
+        num_workers: DataLoader worker processes.
+        seed: seeds the validation split and ``max_samples`` subsets.
+        cache: where tokenized splits go (default ``$LLM_COURSE_CACHE``).
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str = "minilm",
+        dataset: str | None = None,
+        train_file: str | None = None,
+        val_file: str | None = None,
+        test_file: str | None = None,
+        aclimdb_dir: str | None = None,
+        text_column: str = "text",
+        label_column: str = "label",
+        label_names: list[str] | None = None,
+        val_fraction: float = 0.1,
+        max_samples: int | None = None,
+        max_length: int = 256,
+        truncation: Literal["head", "head_tail"] = "head",
+        head_fraction: float = 0.25,
+        batch_size: int = 16,
+        eval_batch_size: int = 64,
+        group_by_length: bool = True,
+        predict_texts: list[str] | None = None,
+        predict_file: str | None = None,
+        num_workers: int = 0,
+        seed: int = 42,
+        cache: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.label_names: list[str] = list(label_names or [])
+        self._tokenizer = None
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = from_pretrained(AutoTokenizer, self.hparams.model_name_or_path, "--data.init_args.model_name_or_path")
+        return self._tokenizer
+
+    # ---- raw data -----------------------------------------------------------------------------------------
+    def _source_id(self) -> dict:
+        hp = self.hparams
+        files = {k: getattr(hp, k) for k in ("train_file", "val_file", "test_file", "aclimdb_dir") if getattr(hp, k)}
+        stamp = {k: [v, Path(v).stat().st_size, Path(v).stat().st_mtime] for k, v in files.items() if Path(v).exists()}
+        return {"dataset": hp.dataset, **files, "stamp": stamp}
+
+    def _load_raw(self) -> DatasetDict:
+        hp = self.hparams
+        if hp.train_file or hp.test_file:
+            files = {"train": hp.train_file, "validation": hp.val_file, "test": hp.test_file}
+            raw = load_files({k: v for k, v in files.items() if v})
+        elif hp.aclimdb_dir:
+            raw = load_aclimdb(hp.aclimdb_dir)
+        elif hp.dataset:
+            raw = load_hub(hp.dataset)
+        else:
+            raise ValueError(NO_SOURCE)
+        for split, ds in raw.items():
+            for col in (hp.text_column, hp.label_column):
+                if col not in ds.column_names:
+                    key = "text_column" if col == hp.text_column else "label_column"
+                    raise ValueError(f"data.{key}={col!r} is not a column of the {split} split; columns: {ds.column_names}")
+        return raw
+
+    def _labels(self, raw: DatasetDict) -> list[str]:
+        feature = next(iter(raw.values())).features[self.hparams.label_column]
+        if self.label_names:
+            return self.label_names
+        if isinstance(feature, ClassLabel):
+            return list(feature.names)
+        values = sorted({v for ds in raw.values() for v in list(ds[self.hparams.label_column])})
+        return [str(v) for v in values] if all(isinstance(v, str) for v in values) else [str(i) for i in range(max(values) + 1)]
+
+    # ---- tokenization -------------------------------------------------------------------------------------
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """Token ids with special tokens, truncated to ``max_length`` by the configured strategy."""
+        tok, hp = self.tokenizer, self.hparams
+        # Where the special tokens sit ([CLS] ... [SEP] for BERT), learned from a one-word probe.
+        body = tok("a", add_special_tokens=False)["input_ids"]
+        full = tok("a")["input_ids"]
+        n_start = next(i for i in range(len(full)) if full[i : i + len(body)] == body)
+        n_end = len(full) - n_start - len(body)
+        budget = hp.max_length - n_start - n_end
+        head = round(budget * hp.head_fraction) if hp.truncation == "head_tail" else budget
+        out = []
+        for ids in tok(texts, truncation=False, verbose=False)["input_ids"]:
+            inner = ids[n_start : len(ids) - n_end]
+            if len(inner) > budget:
+                inner = inner[:head] + inner[len(inner) - (budget - head) :]
+            out.append(ids[:n_start] + inner + ids[len(ids) - n_end :])
+        return out
+
+    def _fingerprint(self) -> str:
+        hp = self.hparams
+        keys = ("model_name_or_path", "text_column", "label_column", "label_names", "val_fraction", "max_samples",
+                "max_length", "truncation", "head_fraction", "seed")  # fmt: skip
+        blob = json.dumps({"source": self._source_id(), **{k: hp[k] for k in keys}}, sort_keys=True, default=str)
+        return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(self.hparams.cache or cache_dir()) / "tokenized" / self._fingerprint()
+
+    def prepare_data(self) -> None:
+        hp = self.hparams
+        predicting = self.trainer is not None and self.trainer.predicting
+        if predicting or not (hp.dataset or hp.train_file or hp.test_file or hp.aclimdb_dir):
+            return  # predict needs only predict_texts / predict_file
+        if (self.cache_path / "dataset_dict.json").exists():
+            return
+        raw = self._load_raw()
+        names = self._labels(raw)
+        if "validation" not in raw:
+            split = raw["train"].train_test_split(test_size=hp.val_fraction, seed=hp.seed)
+            raw["train"], raw["validation"] = split["train"], split["test"]
+        out = {}
+        for split, ds in raw.items():
+            if hp.max_samples and len(ds) > hp.max_samples:
+                ds = ds.shuffle(seed=hp.seed).select(range(hp.max_samples))
+            labels = list(ds[hp.label_column])
+            if labels and isinstance(labels[0], str):
+                labels = [names.index(v) for v in labels]
+            ids = self.encode(list(ds[hp.text_column]))
+            out[split] = Dataset.from_dict({"input_ids": ids, "labels": labels, "length": [len(x) for x in ids]})
+        tmp = self.cache_path.with_name(self.cache_path.name + ".tmp")
+        DatasetDict(out).save_to_disk(str(tmp))
+        (tmp / "label_names.json").write_text(json.dumps(names))
+        tmp.rename(self.cache_path)
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage == "predict":
+            texts = list(self.hparams.predict_texts or [])
+            if self.hparams.predict_file:
+                texts += [t for t in Path(self.hparams.predict_file).read_text().splitlines() if t.strip()]
+            if not texts:
+                raise ValueError("llm-course predict needs data.predict_texts or data.predict_file")
+            self.predict_texts = texts
+            self.predict_set = Dataset.from_dict({"input_ids": self.encode(texts)})
+            if not (self.cache_path / "dataset_dict.json").exists():
+                return
+        if not hasattr(self, "splits"):
+            self.prepare_data()  # a no-op when Lightning already ran it (rank 0) or the cache exists
+            if not (self.cache_path / "dataset_dict.json").exists():
+                raise ValueError(NO_SOURCE)
+            self.splits = load_from_disk(str(self.cache_path))
+            self.label_names = self.label_names or json.loads((self.cache_path / "label_names.json").read_text())
+
+    # ---- loaders ------------------------------------------------------------------------------------------
+    def collate(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        """Pad a batch to its own longest text (dynamic padding) and build the attention mask."""
+        from transformers import DataCollatorWithPadding
+
+        if not hasattr(self, "_collator"):
+            self._collator = DataCollatorWithPadding(self.tokenizer, return_tensors="pt")
+        return self._collator([{k: f[k] for k in ("input_ids", "labels") if k in f} for f in features])
+
+    def _eval_loader(self, dataset: Dataset) -> DataLoader:
+        sampler = SortedSampler(list(dataset["length"])) if self.hparams.group_by_length else None
+        return DataLoader(dataset, batch_size=self.hparams.eval_batch_size, sampler=sampler,
+                          collate_fn=self.collate, num_workers=self.hparams.num_workers)  # fmt: skip
+
+    def train_dataloader(self) -> DataLoader:
+        ds, hp = self.splits["train"], self.hparams
+        if not hp.group_by_length:
+            return make_loader(ds, hp.batch_size, True, hp.num_workers, self.collate)
+        sampler = LengthGroupedSampler(list(ds["length"]), hp.batch_size)
+        return DataLoader(ds, batch_size=hp.batch_size, sampler=sampler, collate_fn=self.collate,
+                          num_workers=hp.num_workers)  # fmt: skip
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.splits["validation"])
+
+    def test_dataloader(self) -> DataLoader:
+        if "test" not in self.splits:
+            raise ValueError("no test split: give data.test_file, or a dataset / aclimdb_dir that has one")
+        return self._eval_loader(self.splits["test"])
+
+    def predict_dataloader(self) -> DataLoader:
+        # Unsorted, so predictions come back in the order of the input texts.
+        return DataLoader(self.predict_set, batch_size=self.hparams.eval_batch_size, collate_fn=self.collate)

@@ -1,0 +1,166 @@
+"""LightningModule for Module 3: fine-tune ``AutoModelForSequenceClassification`` with torchmetrics."""
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_only
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
+
+from llm_course.assets import from_pretrained
+from llm_course.training import checkpoint_callbacks, maybe_compile
+
+SCHEDULES = ("linear", "cosine", "constant")
+
+
+class TextClassifier(L.LightningModule):
+    """A Hugging Face sequence classifier trained with AdamW and a warmup schedule.
+
+    The network is built in ``configure_model``, once the DataModule has read the data and knows the
+    label names, which go into the HF config as ``id2label``. After ``fit`` the best checkpoint's weights
+    and the tokenizer are saved with ``save_pretrained`` to ``<run>/hf_model/``, loadable by plain
+    ``transformers``.
+
+    Args:
+        model_name_or_path: a hub id (``distilbert-base-uncased``), a local folder, or ``minilm`` (embedded).
+        labels: class names, in label-id order; default: the DataModule's ``label_names``.
+        optimizer: optimizer factory (AdamW by default).
+        schedule: learning-rate schedule after the warmup.
+        warmup_ratio: share of the optimizer steps spent warming up linearly from 0.
+        compile: apply ``torch.compile`` to the network.
+        trust_remote_code: allow models whose code lives on the hub (off unless you trust the repo).
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str = "minilm",
+        labels: list[str] | None = None,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        schedule: Literal["linear", "cosine", "constant"] = "linear",
+        warmup_ratio: float = 0.06,
+        compile: bool = False,
+        trust_remote_code: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.optimizer = optimizer
+        self.net = None
+        if labels:
+            self._build(labels)
+
+    def _build(self, label_names: list[str]) -> None:
+        from transformers import AutoModelForSequenceClassification
+
+        n = len(label_names)
+        self.hparams.labels = list(label_names)  # saved in checkpoints, so load_from_checkpoint rebuilds it
+        self.net = from_pretrained(
+            AutoModelForSequenceClassification, self.hparams.model_name_or_path, "--model.init_args.model_name_or_path",
+            num_labels=n, id2label=dict(enumerate(label_names)), label2id={v: i for i, v in enumerate(label_names)},
+            trust_remote_code=self.hparams.trust_remote_code,
+        )  # fmt: skip
+        self.net.train()  # from_pretrained returns eval mode, and Lightning keeps each submodule's mode
+        task = {"num_classes": n}
+        metrics = MetricCollection({
+            "acc": MulticlassAccuracy(average="micro", **task),
+            # binary F1 of the positive class for two labels (the usual IMDb number), macro F1 otherwise
+            "f1": MulticlassF1Score(average=None, **task) if n == 2 else MulticlassF1Score(average="macro", **task),
+        })  # fmt: skip
+        self.train_metrics = metrics.clone(prefix="train/")
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+        self.test_confusion = MulticlassConfusionMatrix(**task)
+
+    def configure_model(self) -> None:
+        if self.net is None:
+            names = getattr(self.trainer.datamodule, "label_names", None) if self._trainer else None
+            if not names:
+                raise ValueError("model.labels is empty and the DataModule provides no label_names")
+            self._build(names)
+        maybe_compile(self.net, self.hparams.compile)
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        return checkpoint_callbacks("val/f1", "max")
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.net(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    def _shared_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        logits = self(batch["input_ids"], batch["attention_mask"])
+        loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"])
+        metrics = getattr(self, f"{stage}_metrics")
+        metrics.update(logits, batch["labels"])
+        if stage == "test":
+            self.test_confusion.update(logits, batch["labels"])
+        bs = len(batch["labels"])
+        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=stage == "train", on_epoch=True, batch_size=bs,
+                 sync_dist=stage != "train")  # fmt: skip
+        return loss
+
+    def _log_metrics(self, stage: str) -> None:
+        values = getattr(self, f"{stage}_metrics").compute()
+        f1 = values[f"{stage}/f1"]
+        values[f"{stage}/f1"] = f1[1] if f1.ndim else f1  # positive class under binary F1
+        self.log_dict(values, prog_bar=stage == "val", sync_dist=False)
+        getattr(self, f"{stage}_metrics").reset()
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def on_train_epoch_end(self) -> None:
+        self._log_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def on_test_epoch_start(self) -> None:
+        self.test_confusion.reset()
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+        self.confusion_matrix = self.test_confusion.compute().cpu()
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> list[dict]:
+        probs = self(batch["input_ids"], batch["attention_mask"]).float().softmax(-1)
+        names = self.hparams.labels
+        return [{"label": names[int(p.argmax())], "score": round(float(p.max()), 4)} for p in probs]
+
+    @rank_zero_only
+    def on_predict_epoch_end(self) -> None:
+        dm, preds = self.trainer.datamodule, [p for batch in self.trainer.predict_loop.predictions for p in batch]
+        lines = [json.dumps({"text": t, **p}) for t, p in zip(getattr(dm, "predict_texts", []), preds)]
+        if self.trainer.log_dir:
+            Path(self.trainer.log_dir).mkdir(parents=True, exist_ok=True)
+            (Path(self.trainer.log_dir) / "predictions.jsonl").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+
+    @rank_zero_only
+    def on_fit_end(self) -> None:
+        """Save the best weights (by ``val/f1``) and the tokenizer as a plain HF folder, ``<run>/hf_model/``."""
+        best = getattr(self.trainer.checkpoint_callback, "best_model_path", "")
+        if best and Path(best).is_file():
+            self.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+        out = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "hf_model"
+        self.net.save_pretrained(out)
+        tokenizer = getattr(self.trainer.datamodule, "tokenizer", None)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(out)
+
+    def configure_optimizers(self):
+        from transformers import get_scheduler
+
+        optimizer = self.optimizer([p for p in self.parameters() if p.requires_grad])
+        total = int(self.trainer.estimated_stepping_batches)
+        name = "constant_with_warmup" if self.hparams.schedule == "constant" else self.hparams.schedule
+        scheduler = get_scheduler(name, optimizer, num_warmup_steps=int(total * self.hparams.warmup_ratio),
+                                  num_training_steps=total)  # fmt: skip
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
