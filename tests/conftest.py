@@ -68,3 +68,57 @@ def tiny_idx_args(tmp_path):
     """CLI arguments that point a vision config at tiny IDX files written for the test."""
     folder = write_tiny_idx(tmp_path / "idx")
     return [f"--data.init_args.data_dir={folder}", "--data.init_args.batch_size=16"]
+
+
+POSITIVE = ["a wonderful, moving film", "great acting and a clever plot", "I loved every minute", "brilliant fun"]
+NEGATIVE = ["a boring, awful mess", "terrible acting and a dull plot", "I hated every minute", "a waste of time"]
+
+
+def review_rows(n: int, num_labels: int = 2) -> list[dict]:
+    """Tiny labelled texts; with two labels, positive and negative phrases a model can tell apart."""
+    rows = []
+    for i in range(n):
+        label = i % num_labels
+        words = (POSITIVE if label else NEGATIVE)[i % 4] if num_labels == 2 else f"topic {label} news item"
+        rows.append({"text": f"{words} number {i}", "label": label})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    import gzip
+    import json
+
+    lines = "".join(json.dumps(r) + "\n" for r in rows)
+    if path.suffix == ".gz":
+        with gzip.open(path, "wt") as f:
+            f.write(lines)
+    else:
+        path.write_text(lines)
+    return path
+
+
+@pytest.fixture
+def tiny_text_args(tmp_path, monkeypatch, request):
+    """CLI arguments that point a text config at tiny local files (4 labels for AG News), cache in tmp."""
+    monkeypatch.setenv("LLM_COURSE_CACHE", str(tmp_path / "cache"))
+    labels = 4 if "ag_news" in request.node.name else 2
+    train = write_jsonl(tmp_path / "train.jsonl", review_rows(48, labels))
+    test = write_jsonl(tmp_path / "test.jsonl", review_rows(16, labels))
+    return [f"--data.init_args.train_file={train}", f"--data.init_args.test_file={test}", "--data.init_args.batch_size=8"]
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> str:
+    """A 2-layer, 32-wide BERT classifier built from a config, saved with the embedded MiniLM tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from llm_course.assets import resolve_model
+
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("minilm"))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)  # fmt: skip
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)

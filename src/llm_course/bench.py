@@ -1,6 +1,7 @@
 """Registry of ``llm-course bench NAME`` benchmarks: each writes ``<output_dir>/<name>.json`` and a figure."""
 
 from llm_course.linreg.bench import bench_linreg
+from llm_course.text.bench import bench_imdb
 from llm_course.vision.bench import bench_mnist
 
-BENCHMARKS = {"linreg": bench_linreg, "mnist": bench_mnist}
+BENCHMARKS = {"linreg": bench_linreg, "mnist": bench_mnist, "imdb": bench_imdb}

@@ -41,6 +41,7 @@ class TextClassificationDataModule(L.LightningDataModule):
         label_names: names of the label ids; default: the dataset's ``ClassLabel`` names, else the ids.
         val_fraction: share of train held out for validation when no validation split exists.
         max_samples: keep at most this many examples per split (a seeded random subset), for quick runs.
+        max_train_samples: keep at most this many training examples (after the validation split is taken).
         max_length: tokens per text, special tokens included.
         truncation: ``head`` keeps the start of long texts; ``head_tail`` keeps ``head_fraction`` of the
             budget from the start and the rest from the end (reviews often conclude at the end).
@@ -68,6 +69,7 @@ class TextClassificationDataModule(L.LightningDataModule):
         label_names: list[str] | None = None,
         val_fraction: float = 0.1,
         max_samples: int | None = None,
+        max_train_samples: int | None = None,
         max_length: int = 256,
         truncation: Literal["head", "head_tail"] = "head",
         head_fraction: float = 0.25,
@@ -149,7 +151,7 @@ class TextClassificationDataModule(L.LightningDataModule):
     def _fingerprint(self) -> str:
         hp = self.hparams
         keys = ("model_name_or_path", "text_column", "label_column", "label_names", "val_fraction", "max_samples",
-                "max_length", "truncation", "head_fraction", "seed")  # fmt: skip
+                "max_train_samples", "max_length", "truncation", "head_fraction", "seed")  # fmt: skip
         blob = json.dumps({"source": self._source_id(), **{k: hp[k] for k in keys}}, sort_keys=True, default=str)
         return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
@@ -171,8 +173,9 @@ class TextClassificationDataModule(L.LightningDataModule):
             raw["train"], raw["validation"] = split["train"], split["test"]
         out = {}
         for split, ds in raw.items():
-            if hp.max_samples and len(ds) > hp.max_samples:
-                ds = ds.shuffle(seed=hp.seed).select(range(hp.max_samples))
+            limit = min(n for n in (hp.max_samples, hp.max_train_samples if split == "train" else None, len(ds)) if n)
+            if limit < len(ds):
+                ds = ds.shuffle(seed=hp.seed).select(range(limit))
             labels = list(ds[hp.label_column])
             if labels and isinstance(labels[0], str):
                 labels = [names.index(v) for v in labels]

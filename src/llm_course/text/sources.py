@@ -25,9 +25,11 @@ def load_files(files: dict[str, str]) -> DatasetDict:
     """
     out = {}
     for split, path in files.items():
+        builder = file_builder(path)
         if not Path(path).is_file():
-            raise FileNotFoundError(f"data.{split}_file: {path} does not exist")
-        out[split] = load_dataset(file_builder(path), data_files={split: path}, split=split)
+            flag = "val" if split == "validation" else split
+            raise FileNotFoundError(f"data.{flag}_file: {path} does not exist")
+        out[split] = load_dataset(builder, data_files={split: path}, split=split)
     return DatasetDict(out)
 
 
