@@ -176,3 +176,21 @@ def test_test_writes_metrics_report_and_confusion_matrix(tmp_path, tiny_bert):
     assert {"test/f1", "test/acc", "test/loss"} <= set(metrics)
     assert "neg" in (run / "classification_report.txt").read_text()
     assert (run / "confusion_matrix.png").is_file()
+
+
+def test_bench_imdb_reports_f1_and_times(tmp_path, tiny_bert):
+    from conftest import run_cli
+
+    rows = review_rows(60)
+    train, test = write_jsonl(tmp_path / "train.jsonl.gz", rows), write_jsonl(tmp_path / "test.jsonl", rows[:20])
+    run_cli("bench", "imdb", f"--train_file={train}", f"--test_file={test}", f"--output_dir={tmp_path / 'out'}",
+            f"--task_config={CONFIGS / 'imdb.yaml'}",
+            f'--overrides=["--model.init_args.model_name_or_path={tiny_bert}", "--trainer.accelerator=cpu", '
+            '"--data.init_args.val_fraction=0.2"]')  # fmt: skip
+    report = json.loads((tmp_path / "out" / "imdb.json").read_text())
+    assert report["test_samples"] == 20 and report["train_samples"] == 48 and report["val_samples"] == 12
+    assert 0 <= report["test_f1"] <= 1 and 0 <= report["test_acc"] <= 1
+    assert report["total_seconds"] >= report["train_seconds"] + report["test_seconds"] > 0
+    assert len(report["history"]) == 2  # val_check_interval 0.5
+    assert report["settings"]["max_length"] == 128 and report["settings"]["truncation"] == "head_tail"
+    assert (tmp_path / "out" / "imdb.png").stat().st_size > 20_000

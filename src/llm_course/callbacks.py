@@ -169,12 +169,16 @@ class PlainProgress(ProgressBar):
 
 
 class History(L.Callback):
-    """Keeps every epoch's logged scalars (after validation) in ``self.epochs``, for benchmark curves."""
+    """Keeps the logged scalars after every validation in ``self.epochs``, for benchmark curves.
+
+    It reads them in ``on_validation_end``: callbacks' ``on_validation_epoch_end`` runs before the module's,
+    so values a module logs there (Module 3's F1) would be missing.
+    """
 
     def __init__(self) -> None:
         self.epochs: list[dict[str, float]] = []
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         scalars = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}

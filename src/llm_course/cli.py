@@ -90,7 +90,7 @@ class CourseCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        # Pass a value once: the model's input width comes from the data where a task has one.
+        # Pass a value once: sizes come from the data, the tokenizer name from the model (where a task has them).
         parser.link_arguments("data.num_features", "model.init_args.in_features", apply_on="instantiate")
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.model_name_or_path", apply_on="parse")

@@ -3,6 +3,9 @@
 import json
 import platform
 import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +57,7 @@ def plot_confusion_matrix(
     cm = np.asarray(cm)
     k = len(cm)
     if ax is None:
-        _, ax = plt.subplots(figsize=(1.0 + 0.55 * k, 0.8 + 0.5 * k))
+        _, ax = plt.subplots(figsize=(max(4.5, 1.0 + 0.55 * k), max(4.0, 0.8 + 0.5 * k)))
     ax.imshow(cm, cmap="Blues")
     ax.set(xticks=range(k), yticks=range(k), xlabel="predicted", ylabel="true", title=title)
     ax.set_xticklabels(class_names, rotation=45, ha="right")
@@ -88,3 +91,36 @@ def classification_report(cm: Any, class_names: list[str] | tuple[str, ...]) -> 
         f"{'macro avg':>{width}}  {precision.mean():9.4f}  {recall.mean():6.4f}  {f1.mean():8.4f}  {total:7d}",
     ]
     return "\n".join(lines) + "\n"
+
+
+@dataclass
+class FitTestRun:
+    """What :func:`fit_then_test` measured: the CLI objects, per-validation history, timings, test metrics."""
+
+    cli: Any
+    history: list[dict[str, float]]
+    train_seconds: float
+    test_seconds: float
+    test: dict[str, float]
+
+
+def fit_then_test(args: list[str], before_fit: Callable[[Any], None] | None = None) -> FitTestRun:
+    """Build a task from CLI ``args`` (a config plus overrides), fit it, then test its best checkpoint once.
+
+    Args:
+        args: ``llm-course fit`` arguments without the subcommand (``["--config", path, ...]``).
+        before_fit: called with the CLI before training starts (e.g. to prepare data outside the timing).
+    """
+    from llm_course.callbacks import History
+    from llm_course.cli import CourseCLI
+
+    cli = CourseCLI([*args, "--trainer.enable_progress_bar=false"], run=False)
+    history = History()
+    cli.trainer.callbacks.append(history)
+    if before_fit is not None:
+        before_fit(cli)
+    start = time.perf_counter()
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    middle = time.perf_counter()
+    test = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)[0]
+    return FitTestRun(cli, history.epochs, middle - start, time.perf_counter() - middle, test)

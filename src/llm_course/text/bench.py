@@ -3,8 +3,7 @@
 import time
 from pathlib import Path
 
-from llm_course.callbacks import History
-from llm_course.reporting import plot_confusion_matrix, plt, write_report
+from llm_course.reporting import fit_then_test, plot_confusion_matrix, plt, write_report
 
 
 def bench_imdb(
@@ -26,61 +25,52 @@ def bench_imdb(
         task_config: the task config to train.
         overrides: extra command-line overrides, e.g. ``["--data.init_args.max_train_samples=8000"]``.
     """
-    from llm_course.cli import CourseCLI
-
     for path in (train_file, test_file):
         if not Path(path).is_file():
             raise FileNotFoundError(f"--train_file/--test_file: {path} does not exist")
     start = time.perf_counter()
-    args = [
+
+    def prepare(cli) -> None:  # tokenize (or load the cached tokens) before the training clock starts
+        cli.datamodule.prepare_data()
+        cli.datamodule.setup("fit")
+        timings["prepare_seconds"] = round(time.perf_counter() - start, 1)
+
+    timings: dict[str, float] = {}
+    run = fit_then_test([
         "--config", task_config, f"--data.init_args.train_file={train_file}", f"--data.init_args.test_file={test_file}",
-        f"--trainer.default_root_dir={Path(output_dir) / 'imdb_run'}", "--trainer.enable_progress_bar=false",
-        *(overrides or []),
-    ]  # fmt: skip
-    cli = CourseCLI(args, run=False)
-    history = History()
-    cli.trainer.callbacks.append(history)
-    dm, trainer = cli.datamodule, cli.trainer
-    dm.prepare_data()
-    dm.setup("fit")
-    prepare_seconds = time.perf_counter() - start
-    fit_start = time.perf_counter()
-    trainer.fit(cli.model, datamodule=dm)
-    train_seconds = time.perf_counter() - fit_start
-    test_start = time.perf_counter()
-    test = trainer.test(cli.model, datamodule=dm, ckpt_path="best", verbose=False)[0]
-    test_seconds = time.perf_counter() - test_start
+        f"--trainer.default_root_dir={Path(output_dir) / 'imdb_run'}", *(overrides or []),
+    ], before_fit=prepare)  # fmt: skip
     total_seconds = time.perf_counter() - start
-    cm = cli.model.confusion_matrix
-    hp = dm.hparams
+    dm, trainer, cm, history = run.cli.datamodule, run.cli.trainer, run.cli.model.confusion_matrix, run.history
+    hp, n_train = dm.hparams, len(dm.splits["train"])
     results = {
-        "test_f1": test["test/f1"],
-        "test_acc": test["test/acc"],
+        "test_f1": run.test["test/f1"],
+        "test_acc": run.test["test/acc"],
         "test_samples": int(cm.sum()),
-        "train_samples": len(dm.splits["train"]),
+        "train_samples": n_train,
         "val_samples": len(dm.splits["validation"]),
         "best_val_f1": float(trainer.checkpoint_callback.best_model_score),
-        "prepare_seconds": round(prepare_seconds, 1),
-        "train_seconds": round(train_seconds, 1),
-        "test_seconds": round(test_seconds, 1),
+        **timings,
+        "train_seconds": round(run.train_seconds, 1),
+        "test_seconds": round(run.test_seconds, 1),
         "total_seconds": round(total_seconds, 1),
-        "train_samples_per_sec": round(len(dm.splits["train"]) * trainer.max_epochs / train_seconds, 2),
-        "test_samples_per_sec": round(int(cm.sum()) / test_seconds, 2),
+        "train_samples_per_sec": round(n_train * trainer.max_epochs / run.train_seconds, 2),
+        "test_samples_per_sec": round(int(cm.sum()) / run.test_seconds, 2),
         "settings": {
-            "model": cli.model.hparams.model_name_or_path, "max_length": hp.max_length, "truncation": hp.truncation,
-            "head_fraction": hp.head_fraction, "precision": str(trainer.precision), "epochs": trainer.max_epochs,
-            "batch_size": hp.batch_size, "group_by_length": hp.group_by_length,
+            "model": run.cli.model.hparams.model_name_or_path, "max_length": hp.max_length,
+            "truncation": hp.truncation, "head_fraction": hp.head_fraction, "precision": str(trainer.precision),
+            "epochs": trainer.max_epochs, "batch_size": hp.batch_size, "group_by_length": hp.group_by_length,
         },  # fmt: skip
         "data": {"train_file": str(train_file), "test_file": str(test_file)},
         "task_config": task_config,
         "overrides": overrides or [],
-        "history": history.epochs,
+        "history": history,
     }
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
-    steps = [e["step"] for e in history.epochs]
-    ax1.plot(steps, [e["val/f1"] for e in history.epochs], "o-", label="validation F1")
-    ax1.plot(steps, [e["val/acc"] for e in history.epochs], "s-", label="validation accuracy")
+    steps = [e["step"] for e in history]
+    ax1.plot(steps, [e["val/f1"] for e in history], "o-", label="validation F1")
+    ax1.plot(steps, [e["val/acc"] for e in history], "s-", label="validation accuracy")
     ax1.axhline(results["test_f1"], color="k", ls="--", lw=1, label=f"test F1 {results['test_f1']:.4f}")
     ax1.set(xlabel="optimizer step", ylabel="score", title=f"IMDb, {results['train_samples']} training reviews")
     ax1.legend(loc="lower right")

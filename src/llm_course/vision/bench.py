@@ -1,10 +1,8 @@
 """``llm-course bench mnist``: train on the 5,000 embedded digits, evaluate once on an external test set."""
 
-import time
 from pathlib import Path
 
-from llm_course.callbacks import History
-from llm_course.reporting import plt, write_report
+from llm_course.reporting import fit_then_test, plot_confusion_matrix, plt, write_report
 
 
 def bench_mnist(
@@ -25,48 +23,36 @@ def bench_mnist(
         task_config: the task config to train (``--config`` is the bench command's own config file).
         overrides: extra command-line overrides for the config, e.g. ``["--trainer.max_epochs=5"]``.
     """
-    from llm_course.cli import CourseCLI
-    from llm_course.reporting import plot_confusion_matrix
-
     for path in (test_images, test_labels):
         if not Path(path).is_file():
             raise FileNotFoundError(f"--test_images/--test_labels: {path} does not exist")
-    args = [
-        "--config", task_config, f"--data.init_args.test_images={test_images}", f"--data.init_args.test_labels={test_labels}",
-        f"--trainer.default_root_dir={Path(output_dir) / 'mnist_run'}", "--trainer.enable_progress_bar=false",
+    run = fit_then_test([
+        "--config", task_config, f"--data.init_args.test_images={test_images}",
+        f"--data.init_args.test_labels={test_labels}", f"--trainer.default_root_dir={Path(output_dir) / 'mnist_run'}",
         *(overrides or []),
-    ]  # fmt: skip
-    cli = CourseCLI(args, run=False)
-    history = History()
-    cli.trainer.callbacks.append(history)
-    start = time.perf_counter()
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    train_seconds = time.perf_counter() - start
-    best = cli.trainer.checkpoint_callback
-    test = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)[0]
-    cm = cli.model.confusion_matrix
-    dm = cli.datamodule
+    ])  # fmt: skip
+    dm, cm, history = run.cli.datamodule, run.cli.model.confusion_matrix, run.history
     results = {
-        "test_acc": test["test/acc"],
-        "test_f1_macro": test["test/f1"],
-        "test_loss": test["test/loss"],
+        "test_acc": run.test["test/acc"],
+        "test_f1_macro": run.test["test/f1"],
+        "test_loss": run.test["test/loss"],
         "test_samples": int(cm.sum()),
         "train_samples": len(dm.train_set),
         "val_samples": len(dm.val_set),
-        "best_val_acc": float(best.best_model_score),
-        "best_epoch": max(history.epochs, key=lambda e: e["val/acc"])["epoch"],
-        "epochs_run": len(history.epochs),
-        "train_seconds": round(train_seconds, 1),
+        "best_val_acc": float(run.cli.trainer.checkpoint_callback.best_model_score),
+        "best_epoch": max(history, key=lambda e: e["val/acc"])["epoch"],
+        "epochs_run": len(history),
+        "train_seconds": round(run.train_seconds, 1),
         "test_data": {"images": str(test_images), "labels": str(test_labels)},
         "task_config": task_config,
         "overrides": overrides or [],
-        "history": history.epochs,
+        "history": history,
     }
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 5))
-    epochs = [e["epoch"] for e in history.epochs]
-    ax1.plot(epochs, [e["val/acc"] for e in history.epochs], "o-", label="validation accuracy")
-    ax1.plot(epochs, [e.get("train/acc", float("nan")) for e in history.epochs], "s-", label="train accuracy")
+    epochs = [e["epoch"] for e in history]
+    ax1.plot(epochs, [e["val/acc"] for e in history], "o-", label="validation accuracy")
+    ax1.plot(epochs, [e.get("train/acc", float("nan")) for e in history], "s-", label="train accuracy")
     ax1.axhline(results["test_acc"], color="k", ls="--", lw=1, label=f"test accuracy {results['test_acc']:.4f}")
     ax1.set(xlabel="epoch", ylabel="accuracy", ylim=(0.9, 1.0), title=f"MNIST, {results['train_samples']} training digits")
     ax1.legend(loc="lower right")
