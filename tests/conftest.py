@@ -104,7 +104,11 @@ def tiny_text_args(tmp_path, monkeypatch, request):
     labels = 4 if "ag_news" in request.node.name else 2
     train = write_jsonl(tmp_path / "train.jsonl", review_rows(48, labels))
     test = write_jsonl(tmp_path / "test.jsonl", review_rows(16, labels))
-    return [f"--data.init_args.train_file={train}", f"--data.init_args.test_file={test}", "--data.init_args.batch_size=8"]
+    return [
+        f"--data.init_args.train_file={train}",
+        f"--data.init_args.test_file={test}",
+        "--data.init_args.batch_size=8",
+    ]
 
 
 @pytest.fixture(scope="session")

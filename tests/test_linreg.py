@@ -12,7 +12,6 @@ import torch
 from conftest import CONFIGS, load_state, run_cli, run_dir
 from llm_course.callbacks import NaNGuard, NonFiniteError
 from llm_course.linreg import RegressionDataModule, RegressionTask
-from llm_course.training import checkpoint_callbacks
 
 LINREG = CONFIGS / "linreg.yaml"
 FAST = ("--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false")
@@ -113,8 +112,14 @@ def test_nan_guard_checks_the_gradient_norm(tmp_path):
             pl_module.net.linear.weight.grad[0, 0] = math.inf
 
     model = RegressionTask(in_features=8)
-    trainer = L.Trainer(max_steps=3, logger=False, enable_progress_bar=False, callbacks=[NaNGuard(), InfGrad()],
-                        enable_checkpointing=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_steps=3,
+        logger=False,
+        enable_progress_bar=False,
+        callbacks=[NaNGuard(), InfGrad()],
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+    )
     before = model.net.linear.weight.detach().clone()
     with pytest.raises(NonFiniteError, match="gradient norm is inf at global step 0"):
         trainer.fit(model, RegressionDataModule(source="synthetic"))

@@ -64,7 +64,9 @@ def test_aclimdb_layout(tmp_path, tiny_bert):
 
 def test_wrong_column_and_missing_file_are_explained(tmp_path, tiny_bert):
     path = _write(tmp_path, "jsonl", review_rows(8))
-    with pytest.raises(ValueError, match=r"data.text_column='body' is not a column of the train split; columns: \['text', 'label'\]"):
+    with pytest.raises(
+        ValueError, match=r"data.text_column='body' is not a column of the train split; columns: \['text', 'label'\]"
+    ):
         TextClassificationDataModule(model_name_or_path=tiny_bert, train_file=path, text_column="body").setup("fit")
     with pytest.raises(FileNotFoundError, match="data.train_file: .*nope.jsonl does not exist"):
         TextClassificationDataModule(model_name_or_path=tiny_bert, train_file=str(tmp_path / "nope.jsonl")).setup("fit")
@@ -77,7 +79,9 @@ def test_wrong_column_and_missing_file_are_explained(tmp_path, tiny_bert):
 def test_head_tail_truncation_keeps_both_ends(tiny_bert):
     text = "start " + " ".join(["middle"] * 300) + " finish"
     head = TextClassificationDataModule(model_name_or_path=tiny_bert, max_length=16, truncation="head")
-    both = TextClassificationDataModule(model_name_or_path=tiny_bert, max_length=16, truncation="head_tail", head_fraction=0.5)
+    both = TextClassificationDataModule(
+        model_name_or_path=tiny_bert, max_length=16, truncation="head_tail", head_fraction=0.5
+    )
     tok = head.tokenizer
     h, b = head.encode([text])[0], both.encode([text])[0]
     assert len(h) == len(b) == 16

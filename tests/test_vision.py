@@ -145,11 +145,19 @@ def test_reloaded_checkpoint_predicts_what_the_trained_model_predicted(tmp_path,
     net = SmallCNN(channels=(24, 48), hidden=128)  # as in configs/mnist.yaml
     net.load_state_dict(load_file(run / "checkpoints" / "best.safetensors"))
     state = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
-    assert all(torch.equal(net.state_dict()[k.removeprefix("net.")], v) for k, v in state.items() if k.startswith("net."))
+    assert all(
+        torch.equal(net.state_dict()[k.removeprefix("net.")], v) for k, v in state.items() if k.startswith("net.")
+    )
 
 
 def test_test_from_checkpoint_writes_report_and_confusion_matrix(tmp_path, tiny_idx_args):
-    args = ["--config", str(CONFIGS / "fashion_mnist.yaml"), *tiny_idx_args, *QUIET, f"--trainer.default_root_dir={tmp_path}"]
+    args = [
+        "--config",
+        str(CONFIGS / "fashion_mnist.yaml"),
+        *tiny_idx_args,
+        *QUIET,
+        f"--trainer.default_root_dir={tmp_path}",
+    ]
     CourseCLI(["fit", *args, "--trainer.max_epochs=3"])
     ckpt = run_dir(tmp_path) / "checkpoints" / "best.ckpt"
     CourseCLI(["test", *args, f"--ckpt_path={ckpt}"])
@@ -170,7 +178,8 @@ def test_bench_mnist_reports_test_accuracy_on_the_given_files(tmp_path):
     run_cli("bench", "mnist", f"--test_images={folder / 't10k-images-idx3-ubyte.gz'}",
             f"--test_labels={folder / 't10k-labels-idx1-ubyte.gz'}", f"--output_dir={tmp_path / 'out'}",
             f"--task_config={CONFIGS / 'mnist.yaml'}",
-            '--overrides=["--trainer.max_epochs=2", "--trainer.limit_train_batches=4", "--trainer.accelerator=cpu"]')  # fmt: skip
+            '--overrides=["--trainer.max_epochs=2", "--trainer.limit_train_batches=4", '
+            '"--trainer.accelerator=cpu"]')  # fmt: skip
     report = json.loads((tmp_path / "out" / "mnist.json").read_text())
     assert report["test_samples"] == 50 and report["train_samples"] == 4500 and report["val_samples"] == 500
     assert report["epochs_run"] == 2 and len(report["history"]) == 2

@@ -202,7 +202,7 @@ class ExportBestWeights(L.Callback):
             return
         state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
         prefix = "net." if hasattr(pl_module, "net") else ""
-        weights = {k[len(prefix):]: v.contiguous().clone() for k, v in state.items() if k.startswith(prefix)}
+        weights = {k[len(prefix) :]: v.contiguous().clone() for k, v in state.items() if k.startswith(prefix)}
         save_file(weights, Path(ckpt).with_suffix(".safetensors"), metadata={"source": Path(ckpt).name})
 
 
@@ -228,7 +228,9 @@ class TestReport(L.Callback):
         cm = getattr(pl_module, "confusion_matrix", None)
         if cm is not None:
             dm = trainer.datamodule
-            names = getattr(dm, "class_names", None) or getattr(dm, "label_names", None) or [str(i) for i in range(len(cm))]
+            names = (
+                getattr(dm, "class_names", None) or getattr(dm, "label_names", None) or [str(i) for i in range(len(cm))]
+            )
             metrics["test/confusion_matrix"] = cm.tolist()
             (run_dir / "classification_report.txt").write_text(classification_report(cm, names))
             fig = plot_confusion_matrix(cm, names, title=f"Test confusion matrix ({int(cm.sum())} samples)")

@@ -93,7 +93,9 @@ class CourseCLI(LightningCLI):
         # Pass a value once: sizes come from the data, the tokenizer name from the model (where a task has them).
         parser.link_arguments("data.num_features", "model.init_args.in_features", apply_on="instantiate")
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
-        parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.model_name_or_path", apply_on="parse")
+        parser.link_arguments(
+            "model.init_args.model_name_or_path", "data.init_args.model_name_or_path", apply_on="parse"
+        )
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]["trainer"] if self.subcommand else self.config["trainer"]

@@ -35,7 +35,9 @@ def write_report(output_dir: str | Path, name: str, results: dict[str, Any], fig
         **results,
         "machine": machine(),
         "versions": versions(),
-        "command": " ".join(["llm-course", *sys.argv[1:]]) if sys.argv[0].endswith("llm-course") else " ".join(sys.argv),
+        "command": " ".join(["llm-course", *sys.argv[1:]])
+        if sys.argv[0].endswith("llm-course")
+        else " ".join(sys.argv),
     }
     path = out / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n")
@@ -82,7 +84,7 @@ def classification_report(cm: Any, class_names: list[str] | tuple[str, ...]) -> 
     f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp), where=precision + recall > 0)
     width = max(12, *(len(n) for n in class_names))
     lines = [f"{'':>{width}}  precision  recall  f1-score  support"]
-    for name, p, r, f, s in zip(class_names, precision, recall, f1, support):
+    for name, p, r, f, s in zip(class_names, precision, recall, f1, support, strict=True):
         lines.append(f"{name:>{width}}  {p:9.4f}  {r:6.4f}  {f:8.4f}  {int(s):7d}")
     total = int(cm.sum())
     lines += [

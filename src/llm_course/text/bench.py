@@ -57,9 +57,14 @@ def bench_imdb(
         "train_samples_per_sec": round(n_train * trainer.max_epochs / run.train_seconds, 2),
         "test_samples_per_sec": round(int(cm.sum()) / run.test_seconds, 2),
         "settings": {
-            "model": run.cli.model.hparams.model_name_or_path, "max_length": hp.max_length,
-            "truncation": hp.truncation, "head_fraction": hp.head_fraction, "precision": str(trainer.precision),
-            "epochs": trainer.max_epochs, "batch_size": hp.batch_size, "group_by_length": hp.group_by_length,
+            "model": run.cli.model.hparams.model_name_or_path,
+            "max_length": hp.max_length,
+            "truncation": hp.truncation,
+            "head_fraction": hp.head_fraction,
+            "precision": str(trainer.precision),
+            "epochs": trainer.max_epochs,
+            "batch_size": hp.batch_size,
+            "group_by_length": hp.group_by_length,
         },  # fmt: skip
         "data": {"train_file": str(train_file), "test_file": str(test_file)},
         "task_config": task_config,

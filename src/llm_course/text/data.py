@@ -25,8 +25,9 @@ class TextClassificationDataModule(L.LightningDataModule):
     """Texts and labels from a hub dataset, local files or an ``aclImdb/`` folder, tokenized once and cached.
 
     Sources, first match wins: local files (``train_file`` + optional ``val_file``/``test_file``), then
-    ``aclimdb_dir``, then the hub ``dataset`` (so a config naming a hub dataset runs offline on local copies). Without a validation split, ``val_fraction`` of train is held out with a seeded
-    generator. Tokenized splits are saved under ``<cache>/tokenized/<fingerprint>`` (the fingerprint covers
+    ``aclimdb_dir``, then the hub ``dataset`` (so a config naming a hub dataset runs offline on local copies).
+    Without a validation split, ``val_fraction`` of train is held out with a seeded generator.
+    Tokenized splits are saved under ``<cache>/tokenized/<fingerprint>`` (the fingerprint covers
     the source files, the tokenizer and every setting that changes the tokens), so a second run skips it.
 
     Args:
@@ -92,7 +93,9 @@ class TextClassificationDataModule(L.LightningDataModule):
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
-            self._tokenizer = from_pretrained(AutoTokenizer, self.hparams.model_name_or_path, "--data.init_args.model_name_or_path")
+            self._tokenizer = from_pretrained(
+                AutoTokenizer, self.hparams.model_name_or_path, "--data.init_args.model_name_or_path"
+            )
         return self._tokenizer
 
     # ---- raw data -----------------------------------------------------------------------------------------
@@ -117,7 +120,9 @@ class TextClassificationDataModule(L.LightningDataModule):
             for col in (hp.text_column, hp.label_column):
                 if col not in ds.column_names:
                     key = "text_column" if col == hp.text_column else "label_column"
-                    raise ValueError(f"data.{key}={col!r} is not a column of the {split} split; columns: {ds.column_names}")
+                    raise ValueError(
+                        f"data.{key}={col!r} is not a column of the {split} split; columns: {ds.column_names}"
+                    )
         return raw
 
     def _labels(self, raw: DatasetDict) -> list[str]:
@@ -127,7 +132,11 @@ class TextClassificationDataModule(L.LightningDataModule):
         if isinstance(feature, ClassLabel):
             return list(feature.names)
         values = sorted({v for ds in raw.values() for v in list(ds[self.hparams.label_column])})
-        return [str(v) for v in values] if all(isinstance(v, str) for v in values) else [str(i) for i in range(max(values) + 1)]
+        return (
+            [str(v) for v in values]
+            if all(isinstance(v, str) for v in values)
+            else [str(i) for i in range(max(values) + 1)]
+        )
 
     # ---- tokenization -------------------------------------------------------------------------------------
     def encode(self, texts: list[str]) -> list[list[int]]:

@@ -137,7 +137,7 @@ class TextClassifier(L.LightningModule):
     @rank_zero_only
     def on_predict_epoch_end(self) -> None:
         dm, preds = self.trainer.datamodule, [p for batch in self.trainer.predict_loop.predictions for p in batch]
-        lines = [json.dumps({"text": t, **p}) for t, p in zip(getattr(dm, "predict_texts", []), preds)]
+        lines = [json.dumps({"text": t, **p}) for t, p in zip(getattr(dm, "predict_texts", []), preds, strict=False)]
         if self.trainer.log_dir:
             Path(self.trainer.log_dir).mkdir(parents=True, exist_ok=True)
             (Path(self.trainer.log_dir) / "predictions.jsonl").write_text("\n".join(lines) + "\n")

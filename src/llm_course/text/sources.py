@@ -13,7 +13,9 @@ def file_builder(path: str) -> str:
     compressed = suffixes[-1] in (".gz", ".bz2", ".xz", ".zst") and len(suffixes) > 1
     suffix = suffixes[-2] if compressed else suffixes[-1]
     if suffix not in FILE_BUILDERS:
-        raise ValueError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(FILE_BUILDERS)} (optionally .gz)")
+        raise ValueError(
+            f"{path}: unsupported file type {suffix!r}; use one of {', '.join(FILE_BUILDERS)} (optionally .gz)"
+        )
     return FILE_BUILDERS[suffix]
 
 
@@ -50,7 +52,8 @@ def load_aclimdb(folder: str) -> DatasetDict:
             splits[split] = Dataset.from_dict({"text": texts, "label": labels}, features=features)
     if "train" not in splits:
         raise FileNotFoundError(
-            f"data.aclimdb_dir: no reviews under {root}/train/{{neg,pos}}/*.txt; point it at the unpacked aclImdb folder"
+            f"data.aclimdb_dir: no reviews under {root}/train/{{neg,pos}}/*.txt; "
+            "point it at the unpacked aclImdb folder"
         )
     return DatasetDict(splits)
 

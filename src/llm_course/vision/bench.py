@@ -54,7 +54,9 @@ def bench_mnist(
     ax1.plot(epochs, [e["val/acc"] for e in history], "o-", label="validation accuracy")
     ax1.plot(epochs, [e.get("train/acc", float("nan")) for e in history], "s-", label="train accuracy")
     ax1.axhline(results["test_acc"], color="k", ls="--", lw=1, label=f"test accuracy {results['test_acc']:.4f}")
-    ax1.set(xlabel="epoch", ylabel="accuracy", ylim=(0.9, 1.0), title=f"MNIST, {results['train_samples']} training digits")
+    ax1.set(
+        xlabel="epoch", ylabel="accuracy", ylim=(0.9, 1.0), title=f"MNIST, {results['train_samples']} training digits"
+    )
     ax1.legend(loc="lower right")
     plot_confusion_matrix(cm, dm.class_names, f"Test confusion matrix ({results['test_samples']} digits)", ax=ax2)
     path = write_report(output_dir, "mnist", results, fig)

@@ -36,7 +36,9 @@ def load_idx_pair(images: str | Path, labels: str | Path) -> tuple[torch.Tensor,
     """Images as uint8 ``(N, 28, 28)`` and labels as int64 ``(N,)``; raises if their counts differ."""
     x, y = read_idx(images), read_idx(labels)
     if x.ndim != 3 or len(x) != len(y):
-        raise ValueError(f"{images} holds {x.shape} images but {labels} holds {len(y)} labels; expected (N, H, W) and N")
+        raise ValueError(
+            f"{images} holds {x.shape} images but {labels} holds {len(y)} labels; expected (N, H, W) and N"
+        )
     return torch.from_numpy(x.astype(np.uint8)), torch.from_numpy(y.astype(np.int64))
 
 
