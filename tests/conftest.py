@@ -126,3 +126,85 @@ def tiny_bert(tmp_path_factory) -> str:
     BertForSequenceClassification(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
+
+
+CHATML = (  # SmolLM2's chat template: ChatML with a default system turn
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def byte_tokenizer(chat_template: str | None = CHATML):
+    """A byte-level tokenizer with no merges (one token per byte) plus ChatML's special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|im_start|>", eos_token="<|im_end|>")
+    tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+def save_tiny_lm(folder: Path, arch: str) -> str:
+    """A 2-layer causal LM (``llama`` or ``gpt2``) built from a config, saved with the byte tokenizer.
+
+    GPT-2 gets the tokenizer without a chat template, so it exercises the Alpaca prompt.
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = byte_tokenizer(CHATML if arch == "llama" else None)
+    n = len(tokenizer)
+    torch.manual_seed(0)
+    if arch == "llama":
+        config = LlamaConfig(vocab_size=n, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                             tie_word_embeddings=True)  # fmt: skip
+        model = LlamaForCausalLM(config)
+    else:
+        config = GPT2Config(vocab_size=n, n_embd=32, n_layer=2, n_head=4, n_positions=1024,
+                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
+        model = GPT2LMHeadModel(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> str:
+    return save_tiny_lm(tmp_path_factory.mktemp("tiny_llama"), "llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory) -> str:
+    return save_tiny_lm(tmp_path_factory.mktemp("tiny_gpt2"), "gpt2")
+
+
+def instruction_rows(n: int) -> list[dict]:
+    """Alpaca-style records with a learnable answer (the instruction's number doubled)."""
+    rows = []
+    for i in range(n):
+        extra = {"input": f"in French, number {i}"} if i % 4 == 0 else {"input": ""}
+        rows.append({"instruction": f"Double {i}.", **extra, "output": f"{2 * i}.", "status": "ok" if i % 5 else "dup"})
+    return rows
+
+
+@pytest.fixture
+def tiny_sft_args(tmp_path, request, tiny_llama, tiny_gpt2):
+    """CLI arguments that point an SFT config at a tiny model (GPT-2 for sft_gpt2) and tiny records."""
+    train = write_jsonl(tmp_path / "instructions.jsonl", instruction_rows(40))
+    model = tiny_gpt2 if "gpt2" in request.node.name else tiny_llama
+    return [
+        f"--model.init_args.model_name_or_path={model}",
+        f"--data.init_args.train_file={train}",
+        "--data.init_args.val_size=8",
+        "--data.init_args.batch_size=4",
+        "--data.init_args.eval_batch_size=4",
+        "--model.init_args.max_new_tokens=4",
+    ]

@@ -9,7 +9,12 @@ from llm_course.cli import CourseCLI
 
 ALL_CONFIGS = sorted(CONFIGS.glob("*.yaml"))
 # Configs whose data is not embedded get tiny local files from a fixture named here.
-NEEDS_FILES: dict[str, str] = {"fashion_mnist": "tiny_idx_args", "imdb": "tiny_text_args", "ag_news": "tiny_text_args"}
+NEEDS_FILES: dict[str, str] = {
+    "fashion_mnist": "tiny_idx_args",
+    "imdb": "tiny_text_args",
+    "ag_news": "tiny_text_args",
+    **dict.fromkeys(("sft_lora", "sft_qlora", "sft_gpt2"), "tiny_sft_args"),
+}
 
 
 @pytest.mark.parametrize("config", ALL_CONFIGS, ids=lambda p: p.stem)

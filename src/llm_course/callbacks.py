@@ -198,7 +198,7 @@ class ExportBestWeights(L.Callback):
         from safetensors.torch import save_file
 
         ckpt = getattr(trainer.checkpoint_callback, "best_model_path", "")
-        if not ckpt or not Path(ckpt).is_file():
+        if not ckpt or not Path(ckpt).is_file() or hasattr(pl_module, "save_hf"):  # it writes its own HF folders
             return
         state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
         prefix = "net." if hasattr(pl_module, "net") else ""

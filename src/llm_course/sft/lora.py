@@ -1,0 +1,169 @@
+"""Building the network for Module 6: a causal LM, optionally quantized (bitsandbytes) and wrapped in LoRA (PEFT).
+
+Plain functions, no Lightning: the benchmarks, the tests and the note call them directly.
+"""
+
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from llm_course.assets import from_pretrained
+
+Quantization = Literal["none", "int8", "nf4", "fp4"]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+_LLAMA_STYLE = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# Which linear layers get an adapter, by ``config.model_type``. Anything else: every linear layer but the head.
+LORA_PRESETS: dict[str, list[str]] = {
+    "llama": _LLAMA_STYLE,
+    "mistral": _LLAMA_STYLE,
+    "qwen2": _LLAMA_STYLE,
+    "qwen3": _LLAMA_STYLE,
+    "gemma": _LLAMA_STYLE,
+    "gpt2": ["c_attn", "c_proj", "c_fc"],  # fused q/k/v, both output projections, the MLP's first layer
+}
+
+
+def quantization_config(quantization: Quantization, compute_dtype: str = "bfloat16", double_quant: bool = True) -> Any:
+    """A ``BitsAndBytesConfig`` for ``int8``, ``nf4`` or ``fp4`` weights; ``None`` for ``none``.
+
+    ``double_quant`` also quantizes the 4-bit blocks' scale factors (about 0.4 bit per weight saved).
+    """
+    if quantization == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if quantization in ("nf4", "fp4"):
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quantization,
+                                  bnb_4bit_compute_dtype=DTYPES[compute_dtype],
+                                  bnb_4bit_use_double_quant=double_quant)  # fmt: skip
+    raise ValueError(f"model.quantization={quantization!r} is not one of: none, int8, nf4, fp4")
+
+
+def load_causal_lm(
+    name_or_path: str,
+    quantization: Quantization = "none",
+    dtype: str = "float32",
+    device: torch.device | str = "cpu",
+    double_quant: bool = True,
+    trust_remote_code: bool = False,
+) -> nn.Module:
+    """``AutoModelForCausalLM`` through the asset resolver; bitsandbytes weights when ``quantization`` is set.
+
+    Quantized layers compute in ``dtype`` (``bfloat16`` unless told otherwise) and are placed on ``device`` at
+    load time, as bitsandbytes requires.
+    """
+    from transformers import AutoModelForCausalLM
+
+    if dtype not in DTYPES:
+        raise ValueError(f"model.dtype={dtype!r} is not one of: {', '.join(DTYPES)}")
+    kwargs: dict[str, Any] = {"dtype": DTYPES[dtype], "trust_remote_code": trust_remote_code}
+    if quantization != "none":
+        compute = "bfloat16" if dtype == "float32" else dtype
+        kwargs |= {"quantization_config": quantization_config(quantization, compute, double_quant),
+                   "device_map": {"": torch.device(device)}, "dtype": DTYPES[compute]}  # fmt: skip
+    return from_pretrained(AutoModelForCausalLM, name_or_path, "--model.init_args.model_name_or_path", **kwargs)
+
+
+def linear_layer_names(model: nn.Module) -> list[str]:
+    """Distinct last-name parts of the linear layers (incl. GPT-2's ``Conv1D`` and bitsandbytes layers)."""
+    from transformers.pytorch_utils import Conv1D
+
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear | Conv1D)}
+    return sorted(names)
+
+
+def lora_targets(model: nn.Module, target_modules: list[str] | str = "auto") -> list[str] | str:
+    """Resolve ``auto`` to the architecture's preset and check that every named target exists.
+
+    Returns:
+        Layer names for PEFT's ``target_modules`` (``"all-linear"`` for unknown architectures).
+
+    Raises:
+        ValueError: a target matches no linear layer; the message lists the ones there are.
+    """
+    if target_modules == "auto":
+        return LORA_PRESETS.get(getattr(model.config, "model_type", ""), "all-linear")
+    if target_modules == "all-linear":
+        return target_modules
+    targets = [target_modules] if isinstance(target_modules, str) else list(target_modules)
+    available = linear_layer_names(model)
+    missing = [t for t in targets if t not in available]
+    if missing:
+        raise ValueError(
+            f"model.target_modules: {missing} match no linear layer of this "
+            f"{getattr(model.config, 'model_type', type(model).__name__)} model. Available: {', '.join(available)} "
+            "(or use auto for the architecture's preset, all-linear for every linear layer but the head)"
+        )
+    return targets
+
+
+def add_lora(
+    model: nn.Module,
+    r: int = 8,
+    alpha: int = 16,
+    dropout: float = 0.05,
+    target_modules: list[str] | str = "auto",
+    init_lora_weights: bool = True,
+) -> nn.Module:
+    """Wrap ``model`` in a PEFT LoRA model: frozen base weights plus trainable ``B @ A`` updates scaled by ``alpha / r``.
+
+    ``init_lora_weights=True`` starts with ``B = 0``, so the wrapped model computes exactly what the base
+    model did; ``False`` draws random ``B`` (tests use it to make the update visible).
+    """
+    from peft import LoraConfig, get_peft_model
+
+    targets = lora_targets(model, target_modules)
+    config = LoraConfig(
+        task_type="CAUSAL_LM", r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+        fan_in_fan_out=getattr(model.config, "model_type", "") == "gpt2",  # Conv1D stores weights transposed
+        init_lora_weights=init_lora_weights,
+    )  # fmt: skip
+    return get_peft_model(model, config)
+
+
+def merge_adapter(adapter_dir: str, output_dir: str, base: str | None = None, dtype: str = "float32") -> str:
+    """Fold a saved LoRA adapter into full-precision base weights and save a plain HF folder with the tokenizer.
+
+    The base loads unquantized (also after QLoRA training), so the merged weights are exact.
+
+    Args:
+        adapter_dir: a PEFT adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``).
+        output_dir: where the merged model goes (loadable with ``AutoModelForCausalLM.from_pretrained``).
+        base: the base model; default: the one recorded in the adapter config.
+        dtype: weight dtype of the merged model.
+
+    Returns:
+        ``output_dir``.
+    """
+    import json
+    from pathlib import Path
+
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    config_file = Path(adapter_dir) / "adapter_config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"--adapter_dir: {config_file} does not exist; point it at a saved LoRA adapter")
+    base = base or json.loads(config_file.read_text())["base_model_name_or_path"]
+    model = PeftModel.from_pretrained(load_causal_lm(base, dtype=dtype), adapter_dir)
+    merged = model.merge_and_unload()
+    merged.save_pretrained(output_dir)
+    tokenizer_source = adapter_dir if (Path(adapter_dir) / "tokenizer_config.json").exists() else base
+    from_pretrained(AutoTokenizer, tokenizer_source, "--base").save_pretrained(output_dir)
+    return output_dir
+
+
+def merge(adapter_dir: str, output_dir: str, base: str | None = None, dtype: str = "float32") -> None:
+    """``llm-course merge``: fold a LoRA adapter into its base model and save a plain Hugging Face folder.
+
+    Args:
+        adapter_dir: the adapter folder a LoRA run saved (``<run>/adapter``).
+        output_dir: where the merged model and tokenizer go.
+        base: base model name or folder; default: the one recorded in the adapter.
+        dtype: float32, bfloat16 or float16.
+    """
+    print(merge_adapter(adapter_dir, output_dir, base, dtype))

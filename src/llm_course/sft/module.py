@@ -1,0 +1,219 @@
+"""LightningModule for Module 6: supervised fine-tuning of a causal LM, full or LoRA, on plain or 4/8-bit weights."""
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_only
+from torchmetrics import MeanMetric
+
+from llm_course.sft.lora import Quantization, add_lora, load_causal_lm
+from llm_course.sft.prompts import IGNORE_INDEX, prompt_text
+from llm_course.training import checkpoint_callbacks, maybe_compile
+
+
+class CausalLMFineTuner(L.LightningModule):
+    """Instruction tuning with the loss on response tokens: full fine-tuning, LoRA, or QLoRA (nf4 + LoRA).
+
+    The network is built in ``configure_model`` (on the Trainer's device, as bitsandbytes requires). With
+    LoRA, checkpoints hold the trainable weights only (a few MB instead of the whole model); the frozen
+    base comes from ``model_name_or_path`` again when a checkpoint is loaded. After ``fit`` the best
+    weights are saved to ``<run>/adapter/`` (PEFT format, with the tokenizer) and merged into a plain
+    Hugging Face folder ``<run>/hf_model/``; a full fine-tune saves ``<run>/hf_model/`` directly.
+
+    Args:
+        model_name_or_path: ``smollm2-135m-instruct`` (embedded), a hub id (``gpt2``) or a local folder.
+        finetune: ``lora`` trains low-rank adapters on frozen weights; ``full`` trains every weight.
+        quantization: load the frozen base in 8-bit (``int8``) or 4-bit (``nf4``, ``fp4``) with bitsandbytes.
+        dtype: dtype of the base weights (quantized layers compute in it; float32 → bfloat16 there).
+        lora_r: rank of the update ``B @ A``.
+        lora_alpha: the update is scaled by ``lora_alpha / lora_r``.
+        lora_dropout: dropout on the adapter's input.
+        target_modules: layers that get adapters; ``auto``: the architecture's preset, ``all-linear``: all but the head.
+        double_quant: quantize the 4-bit scale factors too (QLoRA's double quantization).
+        gradient_checkpointing: recompute activations in backward instead of storing them.
+        optimizer: optimizer factory, applied to the trainable parameters only.
+        warmup_ratio: share of the optimizer steps spent warming up linearly from 0.
+        schedule: learning-rate decay after the warmup.
+        sample_prompts: instructions answered greedily at each validation and logged to TensorBoard as text.
+        max_new_tokens: length of those answers.
+        merge_on_fit_end: also write the merged model after a LoRA fit.
+        compile: apply ``torch.compile`` to the network.
+        trust_remote_code: allow models whose code lives on the hub.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str = "smollm2-135m-instruct",
+        finetune: Literal["full", "lora"] = "lora",
+        quantization: Quantization = "none",
+        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        lora_r: int = 8,
+        lora_alpha: int = 16,
+        lora_dropout: float = 0.05,
+        target_modules: list[str] | str = "auto",
+        double_quant: bool = True,
+        gradient_checkpointing: bool = False,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        warmup_ratio: float = 0.03,
+        schedule: Literal["linear", "cosine", "constant"] = "cosine",
+        sample_prompts: list[str] | None = None,
+        max_new_tokens: int = 48,
+        merge_on_fit_end: bool = True,
+        compile: bool = False,
+        trust_remote_code: bool = False,
+    ) -> None:
+        super().__init__()
+        if quantization != "none" and finetune == "full":
+            raise ValueError(
+                f"model.quantization={quantization} with model.finetune=full: quantized weights cannot be trained "
+                "directly. Use model.finetune=lora (with nf4 that is QLoRA) or model.quantization=none."
+            )
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.optimizer = optimizer
+        self.net: Any = None
+        self.tokenizer: Any = None
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+        self.strict_loading = finetune == "full"  # LoRA checkpoints hold the adapter weights only
+
+    def configure_model(self) -> None:
+        if self.net is not None:
+            return
+        hp = self.hparams
+        device = self.trainer.strategy.root_device if self._trainer else torch.device("cpu")
+        net = load_causal_lm(hp.model_name_or_path, hp.quantization, hp.dtype, device, hp.double_quant,
+                             hp.trust_remote_code)  # fmt: skip
+        if hp.finetune == "lora":
+            if hp.quantization != "none":
+                from peft import prepare_model_for_kbit_training
+
+                # norms and embeddings to fp32 for stable training, and checkpointing if asked
+                net = prepare_model_for_kbit_training(net, use_gradient_checkpointing=hp.gradient_checkpointing,
+                                                      gradient_checkpointing_kwargs={"use_reentrant": False})  # fmt: skip
+            net = add_lora(net, hp.lora_r, hp.lora_alpha, hp.lora_dropout, hp.target_modules)
+        if hp.gradient_checkpointing:
+            net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            net.config.use_cache = False
+        net.train()  # from_pretrained returns eval mode, and Lightning keeps each submodule's mode
+        self.net = net
+        maybe_compile(self.net, hp.compile)
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        return checkpoint_callbacks("val/loss", "min")
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None):
+        return self.net(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+
+    def _shared_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        # Hugging Face shifts the labels and averages the cross entropy over the response tokens of the batch
+        loss = self(batch["input_ids"], batch["attention_mask"], batch["labels"]).loss
+        tokens = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+        if stage == "train":
+            self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["labels"]))
+            self.log("train/tokens", tokens.float(), on_step=True, on_epoch=False, reduce_fx="sum")
+        else:
+            getattr(self, f"{stage}_loss").update(loss.detach().float(), weight=tokens)  # token-weighted mean
+        return loss
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def _log_loss(self, stage: str) -> None:
+        metric = getattr(self, f"{stage}_loss")
+        loss = metric.compute()
+        self.log_dict({f"{stage}/loss": loss, f"{stage}/ppl": torch.exp(loss)}, prog_bar=stage == "val")
+        metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_loss("val")
+        if not self.trainer.sanity_checking:
+            self.log_samples()
+
+    def on_test_epoch_end(self) -> None:
+        self._log_loss("test")
+
+    def _tokenizer(self) -> Any:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        if getattr(dm, "tokenizer", None) is not None:
+            return dm.tokenizer
+        if self.tokenizer is None:
+            from transformers import AutoTokenizer
+
+            from llm_course.assets import from_pretrained
+
+            self.tokenizer = from_pretrained(AutoTokenizer, self.hparams.model_name_or_path,
+                                             trust_remote_code=self.hparams.trust_remote_code)  # fmt: skip
+        return self.tokenizer
+
+    @torch.no_grad()
+    def generate(self, instructions: list[str], max_new_tokens: int | None = None) -> list[str]:
+        """Greedy answers to ``instructions``, built into prompts the way training examples were."""
+        tokenizer, answers = self._tokenizer(), []
+        was_training = self.net.training
+        self.net.eval()
+        for instruction in instructions:
+            prompt = prompt_text(tokenizer, [{"role": "user", "content": instruction}])
+            ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").to(self.device)
+            out = self.net.generate(**ids, max_new_tokens=max_new_tokens or self.hparams.max_new_tokens,
+                                    do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)  # fmt: skip
+            answers.append(tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip())
+        self.net.train(was_training)
+        return answers
+
+    @rank_zero_only
+    def log_samples(self) -> None:
+        """Answer ``sample_prompts`` and log them as text (TensorBoard's TEXT tab), one entry per validation."""
+        prompts = self.hparams.sample_prompts
+        if not prompts:
+            return
+        answers = self.generate(prompts)
+        table = "\n\n".join(f"**{p}**\n\n{a}" for p, a in zip(prompts, answers, strict=True))
+        for logger in self.trainer.loggers:
+            if hasattr(logger.experiment, "add_text"):
+                logger.experiment.add_text("samples", table, self.global_step)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.hparams.finetune == "lora":  # the frozen base is reloaded from model_name_or_path
+            trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+
+    @rank_zero_only
+    def on_fit_end(self) -> None:
+        best = getattr(self.trainer.checkpoint_callback, "best_model_path", "")
+        if best and Path(best).is_file():
+            self.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"],
+                                 strict=self.strict_loading)  # fmt: skip
+        self.save_hf(Path(self.trainer.log_dir or self.trainer.default_root_dir))
+
+    def save_hf(self, run_dir: Path) -> None:
+        """Write ``adapter/`` (LoRA) and ``hf_model/`` (merged or full weights), each with the tokenizer."""
+        from llm_course.sft.lora import merge_adapter
+
+        tokenizer = self._tokenizer()
+        if self.hparams.finetune == "full":
+            self.net.save_pretrained(run_dir / "hf_model")
+            tokenizer.save_pretrained(run_dir / "hf_model")
+            return
+        self.net.save_pretrained(run_dir / "adapter")
+        tokenizer.save_pretrained(run_dir / "adapter")
+        if self.hparams.merge_on_fit_end:
+            merge_adapter(str(run_dir / "adapter"), str(run_dir / "hf_model"))
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        from transformers import get_scheduler
+
+        optimizer = self.optimizer([p for p in self.parameters() if p.requires_grad])
+        total = int(self.trainer.estimated_stepping_batches)
+        name = "constant_with_warmup" if self.hparams.schedule == "constant" else self.hparams.schedule
+        scheduler = get_scheduler(name, optimizer, num_warmup_steps=math.ceil(total * self.hparams.warmup_ratio),
+                                  num_training_steps=total)  # fmt: skip
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

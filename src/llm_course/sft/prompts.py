@@ -1,0 +1,109 @@
+"""Instruction records → token ids and labels, with the loss on the response tokens only.
+
+Two record shapes are accepted: Alpaca (``instruction``, optional ``input``, ``output``) and chat
+(``messages``: a list of ``{"role", "content"}``). Both become chat messages; a tokenizer with a chat
+template renders them with it, any other tokenizer gets the Alpaca prompt below. Labels are ``-100``
+on every token the model should not learn to produce (system and user turns, the template's markup
+before each reply), so ``CrossEntropyLoss`` ignores them.
+"""
+
+from typing import Any
+
+IGNORE_INDEX = -100  # the ignore_index of torch's cross entropy and of Hugging Face's causal-LM loss
+
+ALPACA_PROMPT = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:\n"
+)
+ALPACA_PROMPT_WITH_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+)
+
+
+def to_messages(record: dict[str, Any]) -> list[dict[str, str]]:
+    """Chat messages of an Alpaca or chat record.
+
+    Raises:
+        ValueError: the record has neither ``messages`` nor ``instruction`` + ``output``.
+    """
+    if record.get("messages"):
+        return [{"role": m["role"], "content": m["content"]} for m in record["messages"]]
+    if "instruction" in record and "output" in record:
+        user = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
+        return [{"role": "user", "content": user}, {"role": "assistant", "content": record["output"]}]
+    raise ValueError(
+        f"instruction record with keys {sorted(record)}: expected Alpaca fields (instruction, input, output) "
+        "or chat messages (messages: [{role, content}, ...])"
+    )
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def prompt_text(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    """The text a model continues to answer the last user turn (for generation)."""
+    if has_chat_template(tokenizer):
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    user = messages[-1]["content"]
+    return ALPACA_PROMPT.format(instruction=user)
+
+
+def segments(tokenizer: Any, messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
+    """Split the rendered conversation into ``(text, is_response)`` pieces that concatenate to the whole.
+
+    With a chat template each prefix of the conversation is rendered and the new text is attributed to
+    its turn; a reply's markup (``<|im_start|>assistant\\n``) counts as prompt, its content and end-of-turn
+    token as response. The tokenizer's EOS ends the last reply (added when the template does not).
+    """
+    eos = tokenizer.eos_token or ""
+    if not has_chat_template(tokenizer):
+        if len(messages) != 2 or [m["role"] for m in messages] != ["user", "assistant"]:
+            raise ValueError("multi-turn chat records need a tokenizer with a chat template")
+        instruction, _, extra = messages[0]["content"].partition("\n\n")
+        template = ALPACA_PROMPT_WITH_INPUT if extra else ALPACA_PROMPT
+        return [(template.format(instruction=instruction, input=extra), False), (messages[1]["content"] + eos, True)]
+
+    def render(msgs: list[dict[str, str]], generation: bool = False) -> str:
+        return tokenizer.apply_chat_template(msgs, add_generation_prompt=generation, tokenize=False)
+
+    pieces: list[tuple[str, bool]] = []
+    done = ""
+    for i, msg in enumerate(messages):
+        if msg["role"] == "assistant":
+            prompt = render(messages[:i], generation=True)
+            pieces.append((_extend(done, prompt), False))
+            done = prompt
+        text = render(messages[: i + 1])
+        pieces.append((_extend(done, text), msg["role"] == "assistant"))
+        done = text
+    text, is_response = pieces[-1]
+    if is_response and eos:  # end exactly on EOS: no trailing newline to learn, EOS added if missing
+        cut = text.rfind(eos)
+        pieces[-1] = (text[: cut + len(eos)] if cut >= 0 and not text[cut + len(eos) :].strip() else text + eos, True)
+    return pieces
+
+
+def _extend(done: str, text: str) -> str:
+    if not text.startswith(done):
+        raise ValueError("the chat template does not render conversations prefix by prefix; cannot mask the prompt")
+    return text[len(done) :]
+
+
+def tokenize_record(tokenizer: Any, record: dict[str, Any], max_length: int) -> dict[str, list[int]]:
+    """``input_ids``, ``attention_mask`` and ``labels`` (``-100`` outside responses), cut to ``max_length``.
+
+    Each piece is tokenized on its own, so the prompt/response boundary falls exactly between tokens.
+    """
+    input_ids: list[int] = []
+    labels: list[int] = []
+    for text, is_response in segments(tokenizer, to_messages(record)):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        input_ids += ids
+        labels += ids if is_response else [IGNORE_INDEX] * len(ids)
+    if tokenizer.bos_token_id is not None and getattr(tokenizer, "add_bos_token", False):
+        input_ids, labels = [tokenizer.bos_token_id, *input_ids], [IGNORE_INDEX, *labels]
+    input_ids, labels = input_ids[:max_length], labels[:max_length]
+    return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
