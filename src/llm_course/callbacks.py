@@ -3,8 +3,6 @@
 import json
 import math
 import random
-import resource
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,8 @@ import torch
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities import grad_norm, rank_zero_only
 from lightning.pytorch.utilities.data import extract_batch_size
+
+from llm_course.memory import peak_mb
 
 
 class NonFiniteError(RuntimeError):
@@ -71,14 +71,6 @@ class NaNGuard(L.Callback):
             self._stop(trainer, "The gradient norm", float(norm))
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory of this process in MiB: CUDA allocator peak on a GPU, else peak resident set size."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return rss / (2**20 if sys.platform == "darwin" else 2**10)
-
-
 class ThroughputMemory(L.Callback):
     """Logs ``train/samples_per_sec`` (per device, averaged over ``log_every_n_steps``) and ``train/peak_mem_mb``.
 
@@ -101,7 +93,7 @@ class ThroughputMemory(L.Callback):
             return
         elapsed = time.perf_counter() - self._t0
         pl_module.log("train/samples_per_sec", self._samples / max(elapsed, 1e-9), on_step=True, on_epoch=False)
-        pl_module.log("train/peak_mem_mb", peak_memory_mb(pl_module.device), on_step=True, on_epoch=False)
+        pl_module.log("train/peak_mem_mb", peak_mb(pl_module.device), on_step=True, on_epoch=False)
         self._t0, self._samples = time.perf_counter(), 0
 
 

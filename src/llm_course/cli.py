@@ -34,7 +34,11 @@ from llm_course.sft.lora import merge
 
 DEFAULT_ROOT = "outputs"
 LOG_NAME = "tensorboard_logs"
-EXTRA_COMMANDS: dict[str, Callable[..., Any] | dict[str, Callable[..., Any]]] = {"env": env, "bench": BENCHMARKS, "merge": merge}
+EXTRA_COMMANDS: dict[str, Callable[..., Any] | dict[str, Callable[..., Any]]] = {
+    "env": env,
+    "bench": BENCHMARKS,
+    "merge": merge,
+}
 DESCRIPTION = (
     "llm-course: fit/validate/test/predict any course task from YAML (llm-course fit --config configs/linreg.yaml). "
     f"Other commands: {', '.join(EXTRA_COMMANDS)} (llm-course env --help, llm-course bench --help)."

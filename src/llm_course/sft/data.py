@@ -124,8 +124,8 @@ class InstructionDataModule(L.LightningDataModule):
             splits["train"] = splits["train"].select(range(min(hp.max_train_samples, len(splits["train"]))))
         tokenizer = self.load_tokenizer()
         for name, split in splits.items():
-            tokens = split.map(lambda r: tokenize_record(tokenizer, r, hp.max_length), remove_columns=split.column_names,
-                               desc=f"tokenizing {name}")  # fmt: skip
+            tokens = split.map(lambda r: tokenize_record(tokenizer, r, hp.max_length),
+                               remove_columns=split.column_names, desc=f"tokenizing {name}")  # fmt: skip
             # an example whose prompt fills max_length has nothing left to learn from
             kept = tokens.filter(lambda r: any(x != IGNORE_INDEX for x in r["labels"][1:]))
             self.dropped[name] = len(tokens) - len(kept)

@@ -109,7 +109,7 @@ def add_lora(
     target_modules: list[str] | str = "auto",
     init_lora_weights: bool = True,
 ) -> nn.Module:
-    """Wrap ``model`` in a PEFT LoRA model: frozen base weights plus trainable ``B @ A`` updates scaled by ``alpha / r``.
+    """Wrap ``model`` in PEFT LoRA: frozen base weights plus trainable updates ``B @ A`` scaled by ``alpha / r``.
 
     ``init_lora_weights=True`` starts with ``B = 0``, so the wrapped model computes exactly what the base
     model did; ``False`` draws random ``B`` (tests use it to make the update visible).

@@ -91,8 +91,10 @@ class CausalLMFineTuner(L.LightningModule):
                 from peft import prepare_model_for_kbit_training
 
                 # norms and embeddings to fp32 for stable training, and checkpointing if asked
-                net = prepare_model_for_kbit_training(net, use_gradient_checkpointing=hp.gradient_checkpointing,
-                                                      gradient_checkpointing_kwargs={"use_reentrant": False})  # fmt: skip
+                net = prepare_model_for_kbit_training(
+                    net, use_gradient_checkpointing=hp.gradient_checkpointing,
+                    gradient_checkpointing_kwargs={"use_reentrant": False},
+                )  # fmt: skip
             net = add_lora(net, hp.lora_r, hp.lora_alpha, hp.lora_dropout, hp.target_modules)
         if hp.gradient_checkpointing:
             net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -164,7 +166,7 @@ class CausalLMFineTuner(L.LightningModule):
             prompt = prompt_text(tokenizer, [{"role": "user", "content": instruction}])
             ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").to(self.device)
             out = self.net.generate(**ids, max_new_tokens=max_new_tokens or self.hparams.max_new_tokens,
-                                    do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)  # fmt: skip
+                                    do_sample=False, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
             answers.append(tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip())
         self.net.train(was_training)
         return answers

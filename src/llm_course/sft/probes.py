@@ -1,0 +1,146 @@
+"""Measurements that each run in a fresh process, so one setting's memory never leaks into another's numbers.
+
+Memory is counted above the process's idle baseline (libraries imported, no model yet): the CUDA allocator
+on a GPU, the resident set on a CPU (peak reset through ``/proc/self/clear_refs``).
+"""
+
+import math
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from llm_course.memory import current_mb, peak_mb, reset_peak
+
+# How each training setting is configured: CausalLMFineTuner arguments + the Trainer precision it uses.
+TRAIN_MODES: dict[str, dict[str, Any]] = {
+    "full": {"module": {"finetune": "full"}, "precision": "32-true"},
+    "lora_fp32": {"module": {"finetune": "lora"}, "precision": "32-true"},
+    "lora": {"module": {"finetune": "lora", "dtype": "bfloat16"}, "precision": "bf16-mixed"},
+    "qlora": {"module": {"finetune": "lora", "quantization": "nf4"}, "precision": "bf16-mixed"},
+}
+INFER_MODES: dict[str, dict[str, str]] = {
+    "fp32": {"quantization": "none", "dtype": "float32"},
+    "bf16": {"quantization": "none", "dtype": "bfloat16"},
+    "int8": {"quantization": "int8", "dtype": "bfloat16"},
+    "nf4": {"quantization": "nf4", "dtype": "bfloat16"},
+}
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _import_libraries() -> None:
+    import bitsandbytes  # noqa: F401
+    import peft  # noqa: F401
+    import transformers  # noqa: F401
+
+
+def train_probe(mode: str, model: str, batch_size: int, seq_len: int, steps: int, lora_r: int) -> dict[str, Any]:
+    """Peak training memory and step time of one setting: ``steps`` AdamW steps after one warmup step.
+
+    The loop is the one Lightning runs for these precisions: forward under autocast (bf16-mixed) or not
+    (32-true), backward, optimizer step, gradients freed.
+    """
+    from llm_course.sft.module import CausalLMFineTuner
+
+    _import_libraries()
+    device = _device()
+    baseline = current_mb(device)
+    module = CausalLMFineTuner(model, lora_r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0,
+                               **TRAIN_MODES[mode]["module"])  # fmt: skip
+    module.configure_model()
+    quantized = "quantization" in TRAIN_MODES[mode]["module"]
+    net = module.net if quantized else module.net.to(device)  # bitsandbytes placed the quantized one already
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-5)
+    bf16 = TRAIN_MODES[mode]["precision"] == "bf16-mixed"
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, net.config.vocab_size, (batch_size, seq_len), generator=g).to(device)
+    model_mb = current_mb(device) - baseline
+    reset_peak(device)
+    times = []
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = net(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return {
+        "mode": mode,
+        "precision": TRAIN_MODES[mode]["precision"],
+        **{k: v for k, v in TRAIN_MODES[mode]["module"].items() if k != "finetune"},
+        "finetune": TRAIN_MODES[mode]["module"]["finetune"],
+        "trainable_params": sum(p.numel() for p in trainable),
+        "total_params": sum(p.numel() for p in net.parameters()),
+        "model_mb": round(model_mb, 1),
+        "peak_train_mb": round(peak_mb(device) - baseline, 1),
+        "step_seconds": round(statistics.median(times[1:]), 3),
+        "final_loss": round(float(loss), 4),
+    }
+
+
+def inference_probe(mode: str, model: str, prompts: list[str], examples: list[dict[str, list[int]]],
+                    max_new_tokens: int) -> dict[str, Any]:  # fmt: skip
+    """Footprint, time to first token, decoding speed and response perplexity of one weight format."""
+    from transformers import AutoTokenizer
+
+    from llm_course.assets import from_pretrained
+    from llm_course.sft.lora import load_causal_lm
+    from llm_course.sft.prompts import IGNORE_INDEX, prompt_text
+
+    _import_libraries()
+    device = _device()
+    baseline = current_mb(device)
+    net = load_causal_lm(model, INFER_MODES[mode]["quantization"], INFER_MODES[mode]["dtype"], device)
+    if INFER_MODES[mode]["quantization"] == "none":
+        net = net.to(device)
+    net.eval()
+    loaded_mb = current_mb(device) - baseline
+    tokenizer = from_pretrained(AutoTokenizer, model)
+    first_token, per_token, answers = [], [], []
+    with torch.no_grad():
+        for prompt in prompts:
+            text = prompt_text(tokenizer, [{"role": "user", "content": prompt}])
+            inputs = tokenizer(text, add_special_tokens=False, return_tensors="pt").to(device)
+            start = time.perf_counter()
+            net.generate(**inputs, max_new_tokens=1, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+            first_token.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            out = net.generate(**inputs, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
+                               do_sample=False, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+            per_token.append((time.perf_counter() - start) / max_new_tokens)
+            answers.append(tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
+        loss_sum, tokens = 0.0, 0
+        for ex in examples:
+            ids = torch.tensor([ex["input_ids"]], device=device)
+            labels = torch.tensor([ex["labels"]], device=device)
+            n = int((labels[:, 1:] != IGNORE_INDEX).sum())
+            loss_sum += float(net(input_ids=ids, labels=labels).loss) * n
+            tokens += n
+    return {
+        "mode": mode,
+        **INFER_MODES[mode],
+        "footprint_mb": round(net.get_memory_footprint() / 2**20, 1),
+        "loaded_mb": round(loaded_mb, 1),
+        "time_to_first_token_s": round(statistics.median(first_token), 4),
+        "tokens_per_second": round(1 / statistics.median(per_token), 2),
+        "response_loss": round(loss_sum / max(tokens, 1), 4),
+        "perplexity": round(math.exp(loss_sum / max(tokens, 1)), 3),
+        "eval_tokens": tokens,
+        "sample_answer": answers[0],
+    }
+
+
+def in_fresh_process(fn: Any, *args: Any) -> Any:
+    """Run ``fn(*args)`` in a new interpreter (spawned, not forked) and return its result."""
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, args)
