@@ -20,6 +20,7 @@ def bench_lora_memory(
     seq_len: int = 256,
     steps: int = 3,
     lora_r: int = 16,
+    gradient_checkpointing: bool = False,
     modes: list[str] | None = None,
 ) -> dict:
     """Peak training memory and step time of a full fine-tune vs LoRA vs QLoRA, each in its own process.
@@ -29,35 +30,41 @@ def bench_lora_memory(
     autocast. ``qlora``: LoRA on NF4 weights (double quantization), bf16 autocast.
 
     Args:
-        output_dir: where ``lora-memory.json`` and ``lora-memory.png`` go.
+        output_dir: where ``lora-memory.json`` and ``lora-memory.png`` go (``lora-memory-checkpointing.*`` with
+            ``gradient_checkpointing``).
         model: the model every setting trains.
         batch_size: sequences per step.
         seq_len: tokens per sequence.
         steps: measured steps per setting (after one warmup step).
         lora_r: LoRA rank (alpha = 2 r), adapters on the architecture's preset layers.
+        gradient_checkpointing: recompute activations in backward, in every setting alike.
         modes: settings to run (default: all of full, lora_fp32, lora, qlora).
     """
     modes = modes or list(TRAIN_MODES)
     unknown = [m for m in modes if m not in TRAIN_MODES]
     if unknown:
         raise ValueError(f"--modes: {unknown} not among {', '.join(TRAIN_MODES)}")
-    runs = {m: in_fresh_process(train_probe, m, model, batch_size, seq_len, steps, lora_r) for m in modes}
+    args = (model, batch_size, seq_len, steps, lora_r, gradient_checkpointing)
+    runs = {m: in_fresh_process(train_probe, m, *args) for m in modes}
     ratios = {f"{m}_vs_full": round(runs[m]["peak_train_mb"] / runs["full"]["peak_train_mb"], 3)
               for m in modes if m != "full" and "full" in runs}  # fmt: skip
     results = {**ratios, "runs": runs,
                "settings": {"model": model, "batch_size": batch_size, "seq_len": seq_len, "steps": steps,
-                            "lora_r": lora_r, "optimizer": "AdamW"}}  # fmt: skip
+                            "lora_r": lora_r, "optimizer": "AdamW",
+                            "gradient_checkpointing": gradient_checkpointing}}  # fmt: skip
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     names = list(runs)
     bars = ax1.bar(names, [runs[m]["peak_train_mb"] for m in names], color="tab:blue")
     ax1.bar_label(bars, labels=[f"{runs[m]['peak_train_mb']:.0f} MB" + (f"\n×{ratios[f'{m}_vs_full']:.2f}"
                                 if f"{m}_vs_full" in ratios else "") for m in names], fontsize=8)  # fmt: skip
-    ax1.set(ylabel="peak training memory above idle (MiB)", title=f"{model}, batch {batch_size} × {seq_len} tokens")
+    gc = ", checkpointing" if gradient_checkpointing else ""
+    ax1.set(ylabel="peak training memory above idle (MiB)", title=f"{model}, batch {batch_size} × {seq_len} tokens{gc}")
     ax1.margins(y=0.2)
     ax2.bar(names, [runs[m]["step_seconds"] for m in names], color="tab:orange")
     ax2.set(ylabel="seconds per optimizer step", title="step time (median)")
-    return {"json": str(write_report(output_dir, "lora-memory", results, fig)), **ratios}
+    name = "lora-memory-checkpointing" if gradient_checkpointing else "lora-memory"
+    return {"json": str(write_report(output_dir, name, results, fig)), **ratios}
 
 
 def eval_examples(model: str, data_file: str | None, n: int, where: dict[str, str] | None) -> list[dict[str, Any]]:

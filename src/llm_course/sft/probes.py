@@ -38,7 +38,8 @@ def _import_libraries() -> None:
     import transformers  # noqa: F401
 
 
-def train_probe(mode: str, model: str, batch_size: int, seq_len: int, steps: int, lora_r: int) -> dict[str, Any]:
+def train_probe(mode: str, model: str, batch_size: int, seq_len: int, steps: int, lora_r: int,
+                gradient_checkpointing: bool = False) -> dict[str, Any]:  # fmt: skip
     """Peak training memory and step time of one setting: ``steps`` AdamW steps after one warmup step.
 
     The loop is the one Lightning runs for these precisions: forward under autocast (bf16-mixed) or not
@@ -49,8 +50,9 @@ def train_probe(mode: str, model: str, batch_size: int, seq_len: int, steps: int
     _import_libraries()
     device = _device()
     baseline = current_mb(device)
+    settings = TRAIN_MODES[mode]["module"]
     module = CausalLMFineTuner(model, lora_r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0,
-                               **TRAIN_MODES[mode]["module"])  # fmt: skip
+                               gradient_checkpointing=gradient_checkpointing, **settings)  # fmt: skip
     module.configure_model()
     quantized = "quantization" in TRAIN_MODES[mode]["module"]
     net = module.net if quantized else module.net.to(device)  # bitsandbytes placed the quantized one already
