@@ -9,7 +9,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from conftest import byte_tokenizer, instruction_rows, load_state, run_cli, run_dir, write_jsonl
 from llm_course.sft import CausalLMFineTuner, InstructionDataModule
 from llm_course.sft.lora import add_lora, linear_layer_names, load_causal_lm, lora_targets
-from llm_course.sft.prompts import ALPACA_PROMPT, ALPACA_PROMPT_WITH_INPUT, IGNORE_INDEX, prompt_text, tokenize_record
+from llm_course.sft.prompts import (
+    ALPACA_PROMPT,
+    ALPACA_PROMPT_WITH_INPUT,
+    IGNORE_INDEX,
+    encode,
+    prompt_text,
+    tokenize_record,
+)
 
 
 def split(tokenizer, example):
@@ -63,6 +70,24 @@ def test_alpaca_prompt_without_chat_template():
                                             "cat<|im_end|>")  # fmt: skip
 
 
+def test_alpaca_fields_stay_apart_and_bos_is_added_once():
+    tokenizer = byte_tokenizer(chat_template=None)
+    record = {"instruction": "Read this.\n\nThen answer.", "input": "", "output": "ok"}
+    prompt, _ = split(tokenizer, tokenize_record(tokenizer, record, max_length=512))
+    assert prompt == ALPACA_PROMPT.format(instruction="Read this.\n\nThen answer.")  # a blank line is not an input
+    with pytest.raises(ValueError, match=r"turns \['system', 'user', 'assistant'\] needs a tokenizer with a chat"):
+        tokenize_record(tokenizer, {"messages": [{"role": "system", "content": "Be brief."},
+                                                 {"role": "user", "content": "Hi"},
+                                                 {"role": "assistant", "content": "Hello"}]}, 512)  # fmt: skip
+
+    tokenizer.add_bos_token = True  # Llama-style: BOS first, unless the template wrote it already
+    example = tokenize_record(tokenizer, record, max_length=512)
+    assert example["input_ids"][0] == tokenizer.bos_token_id and example["labels"][0] == IGNORE_INDEX
+    assert example["input_ids"].count(tokenizer.bos_token_id) == 1
+    assert encode(tokenizer, "<|im_start|>hi") == tokenizer("<|im_start|>hi", add_special_tokens=False)["input_ids"]
+    assert encode(tokenizer, "hi")[0] == tokenizer.bos_token_id
+
+
 def test_bad_record_names_the_fields():
     with pytest.raises(ValueError, match="instruction, input, output"):
         tokenize_record(byte_tokenizer(), {"question": "?", "answer": "!"}, max_length=64)
@@ -83,9 +108,16 @@ def test_datamodule_splits_filters_truncates_and_pads(tmp_path, tiny_llama):
     pads = batch["attention_mask"] == 0
     assert pads.any() and (batch["labels"][pads] == IGNORE_INDEX).all()
 
-    short = InstructionDataModule(tiny_llama, train_file=str(train), val_size=5, max_length=60)
-    short.setup("fit")  # the chat prompt alone is longer than 60 bytes: nothing to learn, dropped
-    assert short.dropped["train"] == 45 and len(short.splits["train"]) == 0
+    # prompts of "Double N." are one byte longer for N >= 10; cut there, only the short ones keep a response token
+    full = [tokenize_record(byte_tokenizer(), r, 512)["labels"] for r in instruction_rows(50)]
+    prompt_lengths = [next(i for i, label in enumerate(labels) if label != IGNORE_INDEX) for labels in full]
+    cut = InstructionDataModule(tiny_llama, train_file=str(train), val_size=0, max_length=prompt_lengths[11])
+    cut.setup("fit")
+    expected = sum(n < prompt_lengths[11] for n in prompt_lengths)
+    assert len(cut.splits["train"]) == expected and cut.dropped["train"] == 50 - expected and 0 < expected < 10
+    assert all(len(x) <= prompt_lengths[11] for x in cut.splits["train"]["input_ids"][:])
+    with pytest.raises(ValueError, match="data.max_length=60 leaves no response tokens"):
+        InstructionDataModule(tiny_llama, train_file=str(train), val_size=5, max_length=60).setup("fit")
     with pytest.raises(ValueError, match=r"data.where names \['quality'\]"):
         InstructionDataModule(tiny_llama, train_file=str(train), where={"quality": "high"}).setup("fit")
 
@@ -132,6 +164,7 @@ def test_target_presets_match_the_intended_layers(tiny_llama, tiny_gpt2):
     model = AutoModelForCausalLM.from_pretrained(tiny_llama)
     model.config.model_type = "brand-new-arch"
     assert lora_targets(model) == "all-linear"
+    assert lora_targets(model, ["self_attn.q_proj", "down_proj"]) == ["self_attn.q_proj", "down_proj"]
     with pytest.raises(ValueError, match=r"\['qkv'\] match no linear layer.*down_proj, gate_proj"):
         lora_targets(model, ["q_proj", "qkv"])
     assert "lm_head" in linear_layer_names(model)
@@ -245,12 +278,42 @@ def test_merge_command_and_full_finetune(tiny_gpt2, tmp_path):
     run_cli("merge", f"--adapter_dir={run / 'adapter'}", f"--output_dir={tmp_path / 'merged'}")
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "merged").config.model_type == "gpt2"
 
-    run_cli(*sft_args(tmp_path / "full", tiny_gpt2, "--trainer.max_steps=3", "--model.init_args.finetune=full"))
+    run_cli(*sft_args(tmp_path / "full", tiny_gpt2, "--trainer.max_steps=3", "--trainer.val_check_interval=3",
+                      "--model.init_args.finetune=full"))  # fmt: skip
     full = run_dir(tmp_path / "full" / "runs")
     state = load_state(full / "checkpoints" / "last.ckpt")
     assert any("wte" in k for k in state)  # a full fine-tune stores every weight
     model = AutoModelForCausalLM.from_pretrained(full / "hf_model")
     assert torch.equal(model.transformer.wte.weight, state["net.transformer.wte.weight"])
+
+
+def test_qlora_run_merges_into_the_unquantized_base(tiny_llama, tmp_path):
+    from peft import PeftModel
+
+    run_cli(*sft_args(tmp_path, tiny_llama, "--trainer.max_steps=3", "--model.init_args.quantization=nf4",
+                      "--trainer.precision=bf16-mixed"))  # fmt: skip
+    run = run_dir(tmp_path / "runs")
+    adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), run / "adapter")
+    assert any(not torch.equal(p, torch.zeros_like(p)) for n, p in adapter.named_parameters() if "lora_B" in n)
+    merged = AutoModelForCausalLM.from_pretrained(run / "hf_model")
+    assert merged.model.layers[0].self_attn.q_proj.weight.dtype == torch.float32  # plain weights, not 4-bit
+    torch.testing.assert_close(logits(merged, IDS), logits(adapter, IDS), atol=1e-5, rtol=1e-5)
+
+
+def test_resuming_with_other_lora_settings_is_refused(tiny_llama, tmp_path):
+    run_cli(*sft_args(tmp_path, tiny_llama, "--trainer.max_steps=2", "--trainer.val_check_interval=2",
+                      "--model.init_args.target_modules=[q_proj]"))  # fmt: skip
+    checkpoint = torch.load(run_dir(tmp_path / "runs") / "checkpoints" / "last.ckpt", weights_only=True)
+    # `llm-course fit --ckpt_path` rebuilds the model from the checkpoint's hyperparameters; Python code may not
+    other = CausalLMFineTuner(tiny_llama)  # auto: all 7 projections; the checkpoint has q_proj adapters only
+    other.configure_model()
+    with pytest.raises(ValueError, match="the checkpoint lacks 24 adapter weights"):
+        other.on_load_checkpoint(checkpoint)
+    same = CausalLMFineTuner(tiny_llama, target_modules=["q_proj"], lora_r=16, lora_alpha=32)  # as in sft_lora.yaml
+    same.configure_model()
+    same.on_load_checkpoint(checkpoint)
+    same.load_state_dict(checkpoint["state_dict"], strict=False)
+    assert all(torch.equal(dict(same.named_parameters())[k], v) for k, v in checkpoint["state_dict"].items())
 
 
 def test_merge_without_adapter_is_a_clear_error(tmp_path, capsys):

@@ -157,6 +157,7 @@ def bench_sft(
 
     def score_before(cli) -> None:
         before.update(cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0])
+        cli.model.to(cli.trainer.strategy.root_device)  # Lightning moves the module to the CPU after test
         before["answers"] = cli.model.generate(cli.model.hparams.sample_prompts or [])
 
     start = time.perf_counter()
@@ -167,6 +168,7 @@ def bench_sft(
         f"--trainer.default_root_dir={Path(output_dir) / 'sft_run'}", *(overrides or []),
     ], before_fit=score_before)  # fmt: skip
     module, dm, trainer = run.cli.model, run.cli.datamodule, run.cli.trainer
+    module.to(trainer.strategy.root_device)
     prompts = module.hparams.sample_prompts or []
     batch = dm.hparams.batch_size * trainer.accumulate_grad_batches
     results = {

@@ -129,6 +129,11 @@ class InstructionDataModule(L.LightningDataModule):
             # an example whose prompt fills max_length has nothing left to learn from
             kept = tokens.filter(lambda r: any(x != IGNORE_INDEX for x in r["labels"][1:]))
             self.dropped[name] = len(tokens) - len(kept)
+            if len(tokens) and not len(kept):
+                raise ValueError(
+                    f"data.max_length={hp.max_length} leaves no response tokens in any of the {len(tokens)} {name} "
+                    "examples (their prompts alone are that long); raise data.max_length"
+                )
             self.splits[name] = kept
 
     def collate(self, rows: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:

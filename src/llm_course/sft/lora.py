@@ -68,12 +68,16 @@ def load_causal_lm(
     return from_pretrained(AutoModelForCausalLM, name_or_path, "--model.init_args.model_name_or_path", **kwargs)
 
 
-def linear_layer_names(model: nn.Module) -> list[str]:
-    """Distinct last-name parts of the linear layers (incl. GPT-2's ``Conv1D`` and bitsandbytes layers)."""
+def linear_modules(model: nn.Module) -> list[str]:
+    """Full names of the linear layers (incl. GPT-2's ``Conv1D`` and bitsandbytes layers)."""
     from transformers.pytorch_utils import Conv1D
 
-    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear | Conv1D)}
-    return sorted(names)
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear | Conv1D)]
+
+
+def linear_layer_names(model: nn.Module) -> list[str]:
+    """Distinct last-name parts of the linear layers, e.g. ``q_proj``."""
+    return sorted({n.rsplit(".", 1)[-1] for n in linear_modules(model)})
 
 
 def lora_targets(model: nn.Module, target_modules: list[str] | str = "auto") -> list[str] | str:
@@ -90,8 +94,9 @@ def lora_targets(model: nn.Module, target_modules: list[str] | str = "auto") -> 
     if target_modules == "all-linear":
         return target_modules
     targets = [target_modules] if isinstance(target_modules, str) else list(target_modules)
-    available = linear_layer_names(model)
-    missing = [t for t in targets if t not in available]
+    available, full_names = linear_layer_names(model), linear_modules(model)
+    # PEFT matches a target against the end of a module's name: q_proj, or self_attn.q_proj
+    missing = [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in full_names)]
     if missing:
         raise ValueError(
             f"model.target_modules: {missing} match no linear layer of this "
@@ -125,7 +130,45 @@ def add_lora(
     return get_peft_model(model, config)
 
 
-def merge_adapter(adapter_dir: str, output_dir: str, base: str | None = None, dtype: str = "float32") -> str:
+def build_network(
+    model_name_or_path: str,
+    finetune: str = "lora",
+    quantization: Quantization = "none",
+    dtype: str = "float32",
+    device: torch.device | str = "cpu",
+    lora_r: int = 8,
+    lora_alpha: int = 16,
+    lora_dropout: float = 0.05,
+    target_modules: list[str] | str = "auto",
+    double_quant: bool = True,
+    gradient_checkpointing: bool = False,
+    trust_remote_code: bool = False,
+) -> nn.Module:
+    """The network a fine-tuning run trains: the causal LM, quantized if asked, with LoRA adapters if asked.
+
+    Quantized weights are placed on ``device`` by bitsandbytes; others load on the CPU and are moved by the
+    caller (Lightning does it for training).
+    """
+    net = load_causal_lm(model_name_or_path, quantization, dtype, device, double_quant, trust_remote_code)
+    if finetune == "lora":
+        if quantization != "none":
+            from peft import prepare_model_for_kbit_training
+
+            # norms and embeddings to fp32 for stable training; checkpointing set up the k-bit way if asked
+            net = prepare_model_for_kbit_training(
+                net, use_gradient_checkpointing=gradient_checkpointing,
+                gradient_checkpointing_kwargs={"use_reentrant": False},
+            )  # fmt: skip
+        net = add_lora(net, lora_r, lora_alpha, lora_dropout, target_modules)
+    if gradient_checkpointing:
+        net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        net.config.use_cache = False
+    return net.train()  # from_pretrained returns eval mode, and Lightning keeps each submodule's mode
+
+
+def merge_adapter(
+    adapter_dir: str, output_dir: str, base: str | None = None, dtype: str = "float32", trust_remote_code: bool = False
+) -> str:
     """Fold a saved LoRA adapter into full-precision base weights and save a plain HF folder with the tokenizer.
 
     The base loads unquantized (also after QLoRA training), so the merged weights are exact.
@@ -135,6 +178,7 @@ def merge_adapter(adapter_dir: str, output_dir: str, base: str | None = None, dt
         output_dir: where the merged model goes (loadable with ``AutoModelForCausalLM.from_pretrained``).
         base: the base model; default: the one recorded in the adapter config.
         dtype: weight dtype of the merged model.
+        trust_remote_code: allow a base model whose code lives on the hub.
 
     Returns:
         ``output_dir``.
@@ -149,11 +193,13 @@ def merge_adapter(adapter_dir: str, output_dir: str, base: str | None = None, dt
     if not config_file.is_file():
         raise FileNotFoundError(f"--adapter_dir: {config_file} does not exist; point it at a saved LoRA adapter")
     base = base or json.loads(config_file.read_text())["base_model_name_or_path"]
-    model = PeftModel.from_pretrained(load_causal_lm(base, dtype=dtype), adapter_dir)
+    model = PeftModel.from_pretrained(load_causal_lm(base, dtype=dtype, trust_remote_code=trust_remote_code),
+                                      adapter_dir)  # fmt: skip
     merged = model.merge_and_unload()
     merged.save_pretrained(output_dir)
     tokenizer_source = adapter_dir if (Path(adapter_dir) / "tokenizer_config.json").exists() else base
-    from_pretrained(AutoTokenizer, tokenizer_source, "--base").save_pretrained(output_dir)
+    from_pretrained(AutoTokenizer, tokenizer_source, "--base",
+                    trust_remote_code=trust_remote_code).save_pretrained(output_dir)  # fmt: skip
     return output_dir
 
 

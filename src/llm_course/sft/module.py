@@ -10,8 +10,8 @@ from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_only
 from torchmetrics import MeanMetric
 
-from llm_course.sft.lora import Quantization, add_lora, load_causal_lm
-from llm_course.sft.prompts import IGNORE_INDEX, prompt_text
+from llm_course.sft.lora import Quantization, build_network
+from llm_course.sft.prompts import IGNORE_INDEX, encode, prompt_text
 from llm_course.training import checkpoint_callbacks, maybe_compile
 
 
@@ -82,25 +82,15 @@ class CausalLMFineTuner(L.LightningModule):
     def configure_model(self) -> None:
         if self.net is not None:
             return
-        hp = self.hparams
-        device = self.trainer.strategy.root_device if self._trainer else torch.device("cpu")
-        net = load_causal_lm(hp.model_name_or_path, hp.quantization, hp.dtype, device, hp.double_quant,
-                             hp.trust_remote_code)  # fmt: skip
-        if hp.finetune == "lora":
-            if hp.quantization != "none":
-                from peft import prepare_model_for_kbit_training
+        self.build(self.trainer.strategy.root_device if self._trainer else torch.device("cpu"))
 
-                # norms and embeddings to fp32 for stable training, and checkpointing if asked
-                net = prepare_model_for_kbit_training(
-                    net, use_gradient_checkpointing=hp.gradient_checkpointing,
-                    gradient_checkpointing_kwargs={"use_reentrant": False},
-                )  # fmt: skip
-            net = add_lora(net, hp.lora_r, hp.lora_alpha, hp.lora_dropout, hp.target_modules)
-        if hp.gradient_checkpointing:
-            net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            net.config.use_cache = False
-        net.train()  # from_pretrained returns eval mode, and Lightning keeps each submodule's mode
-        self.net = net
+    def build(self, device: torch.device | str = "cpu") -> None:
+        """Load the network for this configuration (quantized weights go straight to ``device``)."""
+        hp = self.hparams
+        self.net = build_network(
+            hp.model_name_or_path, hp.finetune, hp.quantization, hp.dtype, device, hp.lora_r, hp.lora_alpha,
+            hp.lora_dropout, hp.target_modules, hp.double_quant, hp.gradient_checkpointing, hp.trust_remote_code,
+        )  # fmt: skip
         maybe_compile(self.net, hp.compile)
 
     def configure_callbacks(self) -> list[L.Callback]:
@@ -153,6 +143,7 @@ class CausalLMFineTuner(L.LightningModule):
             from llm_course.assets import from_pretrained
 
             self.tokenizer = from_pretrained(AutoTokenizer, self.hparams.model_name_or_path,
+                                             "--model.init_args.model_name_or_path",
                                              trust_remote_code=self.hparams.trust_remote_code)  # fmt: skip
         return self.tokenizer
 
@@ -164,10 +155,11 @@ class CausalLMFineTuner(L.LightningModule):
         self.net.eval()
         for instruction in instructions:
             prompt = prompt_text(tokenizer, [{"role": "user", "content": instruction}])
-            ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").to(self.device)
-            out = self.net.generate(**ids, max_new_tokens=max_new_tokens or self.hparams.max_new_tokens,
-                                    do_sample=False, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-            answers.append(tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip())
+            ids = torch.tensor([encode(tokenizer, prompt)], device=self.device)
+            out = self.net.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                    max_new_tokens=max_new_tokens or self.hparams.max_new_tokens,
+                                    pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+            answers.append(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip())
         self.net.train(was_training)
         return answers
 
@@ -188,13 +180,27 @@ class CausalLMFineTuner(L.LightningModule):
             trainable = {n for n, p in self.named_parameters() if p.requires_grad}
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
 
-    @rank_zero_only
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.net is None or self.hparams.finetune != "lora":
+            return
+        missing = sorted(n for n, p in self.named_parameters() if p.requires_grad and n not in checkpoint["state_dict"])
+        if missing:
+            raise ValueError(
+                f"the checkpoint lacks {len(missing)} adapter weights of this model (e.g. {missing[0]}): it was "
+                "saved with other LoRA settings (model.target_modules, model.lora_r) or another model. Resume with "
+                "the config the checkpoint was trained with (its run directory has config.yaml)."
+            )
+
     def on_fit_end(self) -> None:
+        """Every rank loads the best weights; rank 0 writes the HF folders while the others wait."""
+        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # log_dir is collective under DDP
         best = getattr(self.trainer.checkpoint_callback, "best_model_path", "")
         if best and Path(best).is_file():
             self.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"],
                                  strict=self.strict_loading)  # fmt: skip
-        self.save_hf(Path(self.trainer.log_dir or self.trainer.default_root_dir))
+        if self.trainer.is_global_zero:
+            self.save_hf(run_dir)
+        self.trainer.strategy.barrier("save_hf")
 
     def save_hf(self, run_dir: Path) -> None:
         """Write ``adapter/`` (LoRA) and ``hf_model/`` (merged or full weights), each with the tokenizer."""
@@ -208,7 +214,8 @@ class CausalLMFineTuner(L.LightningModule):
         self.net.save_pretrained(run_dir / "adapter")
         tokenizer.save_pretrained(run_dir / "adapter")
         if self.hparams.merge_on_fit_end:
-            merge_adapter(str(run_dir / "adapter"), str(run_dir / "hf_model"))
+            merge_adapter(str(run_dir / "adapter"), str(run_dir / "hf_model"),
+                          trust_remote_code=self.hparams.trust_remote_code)  # fmt: skip
 
     def configure_optimizers(self) -> dict[str, Any]:
         from transformers import get_scheduler

@@ -45,17 +45,14 @@ def train_probe(mode: str, model: str, batch_size: int, seq_len: int, steps: int
     The loop is the one Lightning runs for these precisions: forward under autocast (bf16-mixed) or not
     (32-true), backward, optimizer step, gradients freed.
     """
-    from llm_course.sft.module import CausalLMFineTuner
+    from llm_course.sft.lora import build_network
 
     _import_libraries()
     device = _device()
     baseline = current_mb(device)
     settings = TRAIN_MODES[mode]["module"]
-    module = CausalLMFineTuner(model, lora_r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0,
-                               gradient_checkpointing=gradient_checkpointing, **settings)  # fmt: skip
-    module.configure_model()
-    quantized = "quantization" in TRAIN_MODES[mode]["module"]
-    net = module.net if quantized else module.net.to(device)  # bitsandbytes placed the quantized one already
+    net = build_network(model, device=device, lora_r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0,
+                        gradient_checkpointing=gradient_checkpointing, **settings).to(device)  # fmt: skip
     trainable = [p for p in net.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-5)
     bf16 = TRAIN_MODES[mode]["precision"] == "bf16-mixed"
@@ -95,22 +92,22 @@ def inference_probe(mode: str, model: str, prompts: list[str], examples: list[di
 
     from llm_course.assets import from_pretrained
     from llm_course.sft.lora import load_causal_lm
-    from llm_course.sft.prompts import IGNORE_INDEX, prompt_text
+    from llm_course.sft.prompts import IGNORE_INDEX, encode, prompt_text
 
     _import_libraries()
     device = _device()
     baseline = current_mb(device)
     net = load_causal_lm(model, INFER_MODES[mode]["quantization"], INFER_MODES[mode]["dtype"], device)
     if INFER_MODES[mode]["quantization"] == "none":
-        net = net.to(device)
+        net = net.to(device)  # bitsandbytes placed the quantized weights on the device already
     net.eval()
     loaded_mb = current_mb(device) - baseline
     tokenizer = from_pretrained(AutoTokenizer, model)
     first_token, per_token, answers = [], [], []
     with torch.no_grad():
         for prompt in prompts:
-            text = prompt_text(tokenizer, [{"role": "user", "content": prompt}])
-            inputs = tokenizer(text, add_special_tokens=False, return_tensors="pt").to(device)
+            ids = torch.tensor([encode(tokenizer, prompt_text(tokenizer, [{"role": "user", "content": prompt}]))])
+            inputs = {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}
             start = time.perf_counter()
             net.generate(**inputs, max_new_tokens=1, do_sample=False, pad_token_id=tokenizer.pad_token_id)
             first_token.append(time.perf_counter() - start)

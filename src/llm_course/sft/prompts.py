@@ -47,24 +47,44 @@ def prompt_text(tokenizer: Any, messages: list[dict[str, str]]) -> str:
     """The text a model continues to answer the last user turn (for generation)."""
     if has_chat_template(tokenizer):
         return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    user = messages[-1]["content"]
-    return ALPACA_PROMPT.format(instruction=user)
+    return ALPACA_PROMPT.format(instruction=messages[-1]["content"])
+
+
+def encode(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of ``text`` with a BOS in front where the tokenizer wants one and the text lacks it.
+
+    Chat templates such as Llama-2's render the BOS themselves; adding another would double it.
+    """
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    bos = tokenizer.bos_token_id
+    if getattr(tokenizer, "add_bos_token", False) and bos is not None and ids[:1] != [bos]:
+        ids = [bos, *ids]
+    return ids
+
+
+def alpaca_segments(tokenizer: Any, record: dict[str, Any]) -> list[tuple[str, bool]]:
+    """Prompt and response of an Alpaca record in the Alpaca format (for tokenizers without a chat template)."""
+    if record.get("messages"):
+        roles = [m["role"] for m in record["messages"]]
+        if roles != ["user", "assistant"]:
+            raise ValueError(
+                f"a chat record with turns {roles} needs a tokenizer with a chat template; without one only "
+                "[user, assistant] pairs (or Alpaca records) can be formatted"
+            )
+        record = {"instruction": record["messages"][0]["content"], "output": record["messages"][1]["content"]}
+    template = ALPACA_PROMPT_WITH_INPUT if record.get("input") else ALPACA_PROMPT
+    prompt = template.format(instruction=record["instruction"], input=record.get("input", ""))
+    return [(prompt, False), (record["output"] + (tokenizer.eos_token or ""), True)]
 
 
 def segments(tokenizer: Any, messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
     """Split the rendered conversation into ``(text, is_response)`` pieces that concatenate to the whole.
 
-    With a chat template each prefix of the conversation is rendered and the new text is attributed to
+    Each prefix of the conversation is rendered with the chat template and the new text is attributed to
     its turn; a reply's markup (``<|im_start|>assistant\\n``) counts as prompt, its content and end-of-turn
     token as response. The tokenizer's EOS ends the last reply (added when the template does not).
     """
     eos = tokenizer.eos_token or ""
-    if not has_chat_template(tokenizer):
-        if len(messages) != 2 or [m["role"] for m in messages] != ["user", "assistant"]:
-            raise ValueError("multi-turn chat records need a tokenizer with a chat template")
-        instruction, _, extra = messages[0]["content"].partition("\n\n")
-        template = ALPACA_PROMPT_WITH_INPUT if extra else ALPACA_PROMPT
-        return [(template.format(instruction=instruction, input=extra), False), (messages[1]["content"] + eos, True)]
 
     def render(msgs: list[dict[str, str]], generation: bool = False) -> str:
         return tokenizer.apply_chat_template(msgs, add_generation_prompt=generation, tokenize=False)
@@ -97,13 +117,19 @@ def tokenize_record(tokenizer: Any, record: dict[str, Any], max_length: int) -> 
 
     Each piece is tokenized on its own, so the prompt/response boundary falls exactly between tokens.
     """
+    messages = to_messages(record)  # validates the record
+    if has_chat_template(tokenizer):
+        pieces = segments(tokenizer, messages)
+    else:
+        pieces = alpaca_segments(tokenizer, record)
     input_ids: list[int] = []
     labels: list[int] = []
-    for text, is_response in segments(tokenizer, to_messages(record)):
+    for text, is_response in pieces:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         input_ids += ids
         labels += ids if is_response else [IGNORE_INDEX] * len(ids)
-    if tokenizer.bos_token_id is not None and getattr(tokenizer, "add_bos_token", False):
-        input_ids, labels = [tokenizer.bos_token_id, *input_ids], [IGNORE_INDEX, *labels]
+    bos = tokenizer.bos_token_id
+    if getattr(tokenizer, "add_bos_token", False) and bos is not None and input_ids[:1] != [bos]:
+        input_ids, labels = [bos, *input_ids], [IGNORE_INDEX, *labels]  # as encode() does for generation
     input_ids, labels = input_ids[:max_length], labels[:max_length]
     return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
