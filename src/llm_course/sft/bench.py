@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_course.reporting import fit_then_test, plt, write_report
-from llm_course.sft.probes import INFER_MODES, TRAIN_MODES, in_fresh_process, inference_probe, train_probe
+from llm_course.sft.probes import INFER_MODES, TRAIN_MODES, inference_probe, run_modes, train_probe
 
 EVAL_SET = "eval_instructions.jsonl"  # 24 short hand-written instructions with reference answers
 HELD_OUT = {"val_size": 200, "test_size": 200}  # the sft benchmark's splits; quant-inference reuses its test split
@@ -44,8 +44,9 @@ def bench_lora_memory(
     unknown = [m for m in modes if m not in TRAIN_MODES]
     if unknown:
         raise ValueError(f"--modes: {unknown} not among {', '.join(TRAIN_MODES)}")
+    name = "lora-memory-checkpointing" if gradient_checkpointing else "lora-memory"
     args = (model, batch_size, seq_len, steps, lora_r, gradient_checkpointing)
-    runs = {m: in_fresh_process(train_probe, m, *args) for m in modes}
+    runs = run_modes(train_probe, modes, args, Path(output_dir) / f"{name}.partial.json")
     ratios = {f"{m}_vs_full": round(runs[m]["peak_train_mb"] / runs["full"]["peak_train_mb"], 3)
               for m in modes if m != "full" and "full" in runs}  # fmt: skip
     results = {**ratios, "runs": runs,
@@ -63,7 +64,6 @@ def bench_lora_memory(
     ax1.margins(y=0.2)
     ax2.bar(names, [runs[m]["step_seconds"] for m in names], color="tab:orange")
     ax2.set(ylabel="seconds per optimizer step", title="step time (median)")
-    name = "lora-memory-checkpointing" if gradient_checkpointing else "lora-memory"
     return {"json": str(write_report(output_dir, name, results, fig)), **ratios}
 
 
@@ -113,7 +113,8 @@ def bench_quant_inference(
     if prompts is None:
         packaged = files("llm_course.sft").joinpath(EVAL_SET).read_text().splitlines()[:4]
         prompts = [json.loads(line)["instruction"] for line in packaged]
-    runs = {m: in_fresh_process(inference_probe, m, model, prompts, examples, max_new_tokens) for m in modes}
+    args = (model, prompts, examples, max_new_tokens)
+    runs = run_modes(inference_probe, modes, args, Path(output_dir) / "quant-inference.partial.json")
     results = {"runs": runs, "settings": {"model": model, "data_file": data_file or f"llm_course/sft/{EVAL_SET}",
                "eval_examples": len(examples), "prompts": prompts, "max_new_tokens": max_new_tokens}}  # fmt: skip
 

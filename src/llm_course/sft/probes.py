@@ -81,7 +81,7 @@ def train_probe(mode: str, model: str, batch_size: int, seq_len: int, steps: int
         "model_mb": round(model_mb, 1),
         "peak_train_mb": round(peak_mb(device) - baseline, 1),
         "step_seconds": round(statistics.median(times[1:]), 3),
-        "final_loss": round(float(loss), 4),
+        "final_loss": round(loss.item(), 4),
     }
 
 
@@ -143,3 +143,16 @@ def in_fresh_process(fn: Any, *args: Any) -> Any:
 
     with mp.get_context("spawn").Pool(1) as pool:
         return pool.apply(fn, args)
+
+
+def run_modes(fn: Any, modes: list[str], args: tuple, partial_file: Any) -> dict[str, dict[str, Any]]:
+    """``fn(mode, *args)`` for each mode in its own process; each result is printed and saved as it arrives."""
+    import json
+
+    runs: dict[str, dict[str, Any]] = {}
+    for mode in modes:
+        runs[mode] = in_fresh_process(fn, mode, *args)
+        print(json.dumps(runs[mode]), flush=True)
+        partial_file.parent.mkdir(parents=True, exist_ok=True)
+        partial_file.write_text(json.dumps(runs, indent=2) + "\n")  # a long run killed later keeps these
+    return runs
