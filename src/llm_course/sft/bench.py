@@ -68,7 +68,7 @@ def bench_lora_memory(
 
 
 def eval_examples(model: str, data_file: str | None, n: int, where: dict[str, str] | None) -> list[dict[str, Any]]:
-    """Tokenized held-out examples: the sft benchmark's test split of ``data_file``, else the packaged set."""
+    """Tokenized held-out examples of ``data_file`` (split as the sft benchmark splits it), else the packaged set."""
     from llm_course.sft.data import InstructionDataModule
     from llm_course.sft.prompts import tokenize_record
 
@@ -97,8 +97,10 @@ def bench_quant_inference(
     Args:
         output_dir: where ``quant-inference.json`` and ``quant-inference.png`` go.
         model: the model to load in each format.
-        data_file: instruction records; perplexity is measured on the responses of the sft benchmark's held-out
-            test split of this file. Default: the 24 instructions packaged with the course.
+        data_file: instruction records; perplexity is measured on the responses of ``n_eval`` records held out
+            the way the sft benchmark holds out its test split (same seed, after ``val_size`` validation records;
+            with the same ``where`` and ``n_eval`` <= 200 they are among its test records). Default: the 24
+            instructions packaged with the course.
         where: record filter, as for ``data.where``.
         n_eval: held-out examples to score.
         prompts: instructions for the timing runs (default: the first 4 packaged ones).

@@ -137,12 +137,27 @@ def inference_probe(mode: str, model: str, prompts: list[str], examples: list[di
     }
 
 
-def in_fresh_process(fn: Any, *args: Any) -> Any:
-    """Run ``fn(*args)`` in a new interpreter (spawned, not forked) and return its result."""
-    import multiprocessing as mp
+# glibc hands blocks >= 64 KiB back to the OS as soon as they are freed (its default threshold grows up to 32 MiB),
+# so the resident-set peak follows the live tensors the way the CUDA allocator's peak does (notes/debug_log.md).
+CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
-    with mp.get_context("spawn").Pool(1) as pool:
-        return pool.apply(fn, args)
+
+def in_fresh_process(fn: Any, *args: Any) -> Any:
+    """Run ``fn(*args)`` in a new interpreter (spawned, not forked, with ``CHILD_ENV``) and return its result."""
+    import multiprocessing as mp
+    import os
+
+    saved = {k: os.environ.get(k) for k in CHILD_ENV}
+    os.environ.update(CHILD_ENV)
+    try:
+        with mp.get_context("spawn").Pool(1) as pool:
+            return pool.apply(fn, args)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def run_modes(fn: Any, modes: list[str], args: tuple, partial_file: Any) -> dict[str, dict[str, Any]]:
