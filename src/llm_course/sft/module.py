@@ -137,14 +137,12 @@ class CausalLMFineTuner(L.LightningModule):
         dm = getattr(self.trainer, "datamodule", None) if self._trainer else None
         if getattr(dm, "tokenizer", None) is not None:
             return dm.tokenizer
-        if self.tokenizer is None:
-            from transformers import AutoTokenizer
+        if self.tokenizer is None:  # no DataModule (e.g. a module built in Python): load it the same way
+            from llm_course.sft.data import InstructionDataModule
 
-            from llm_course.assets import from_pretrained
-
-            self.tokenizer = from_pretrained(AutoTokenizer, self.hparams.model_name_or_path,
-                                             "--model.init_args.model_name_or_path",
-                                             trust_remote_code=self.hparams.trust_remote_code)  # fmt: skip
+            hp = self.hparams
+            self.tokenizer = InstructionDataModule(hp.model_name_or_path,
+                                                   trust_remote_code=hp.trust_remote_code).load_tokenizer()  # fmt: skip
         return self.tokenizer
 
     @torch.no_grad()
