@@ -20,51 +20,54 @@ def bench_lora_memory(
     seq_len: int = 256,
     steps: int = 3,
     lora_r: int = 16,
-    gradient_checkpointing: bool = False,
+    gradient_checkpointing: bool = True,
+    loss_chunk_size: int = 256,
     modes: list[str] | None = None,
 ) -> dict:
     """Peak training memory and step time of a full fine-tune vs LoRA vs QLoRA, each in its own process.
 
-    Same model, batch, sequence length and optimizer (AdamW) for every setting. ``full``: every weight
-    trained in fp32. ``lora_fp32``: LoRA on fp32 weights. ``lora``: LoRA on bfloat16 weights with bf16
-    autocast. ``qlora``: LoRA on NF4 weights (double quantization), bf16 autocast.
+    Same model, batch, sequence length, optimizer (AdamW) and memory savers for every setting. ``full``:
+    every weight trained in fp32. ``lora_fp32``: LoRA on fp32 weights. ``lora``: LoRA on bfloat16 weights
+    with bf16 autocast. ``qlora``: LoRA on NF4 weights (double quantization), bf16 autocast.
 
     Args:
-        output_dir: where ``lora-memory.json`` and ``lora-memory.png`` go (``lora-memory-checkpointing.*`` with
-            ``gradient_checkpointing``).
+        output_dir: where ``lora-memory.json`` and ``lora-memory.png`` go.
         model: the model every setting trains.
         batch_size: sequences per step.
         seq_len: tokens per sequence.
         steps: measured steps per setting (after one warmup step).
         lora_r: LoRA rank (alpha = 2 r), adapters on the architecture's preset layers.
         gradient_checkpointing: recompute activations in backward, in every setting alike.
+        loss_chunk_size: the loss without full-vocabulary logits (``model.loss_chunk_size``; 0: the model's own
+            loss), in every setting alike.
         modes: settings to run (default: all of full, lora_fp32, lora, qlora).
     """
     modes = modes or list(TRAIN_MODES)
     unknown = [m for m in modes if m not in TRAIN_MODES]
     if unknown:
         raise ValueError(f"--modes: {unknown} not among {', '.join(TRAIN_MODES)}")
-    name = "lora-memory-checkpointing" if gradient_checkpointing else "lora-memory"
-    args = (model, batch_size, seq_len, steps, lora_r, gradient_checkpointing)
-    runs = run_modes(train_probe, modes, args, Path(output_dir) / f"{name}.partial.json")
+    args = (model, batch_size, seq_len, steps, lora_r, gradient_checkpointing, loss_chunk_size)
+    runs = run_modes(train_probe, modes, args, Path(output_dir) / "lora-memory.partial.json")
     ratios = {f"{m}_vs_full": round(runs[m]["peak_train_mb"] / runs["full"]["peak_train_mb"], 3)
               for m in modes if m != "full" and "full" in runs}  # fmt: skip
     results = {**ratios, "runs": runs,
                "settings": {"model": model, "batch_size": batch_size, "seq_len": seq_len, "steps": steps,
                             "lora_r": lora_r, "optimizer": "AdamW",
-                            "gradient_checkpointing": gradient_checkpointing}}  # fmt: skip
+                            "gradient_checkpointing": gradient_checkpointing,
+                            "loss_chunk_size": loss_chunk_size}}  # fmt: skip
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     names = list(runs)
     bars = ax1.bar(names, [runs[m]["peak_train_mb"] for m in names], color="tab:blue")
     ax1.bar_label(bars, labels=[f"{runs[m]['peak_train_mb']:.0f} MB" + (f"\n×{ratios[f'{m}_vs_full']:.2f}"
                                 if f"{m}_vs_full" in ratios else "") for m in names], fontsize=8)  # fmt: skip
-    gc = ", checkpointing" if gradient_checkpointing else ""
-    ax1.set(ylabel="peak training memory above idle (MiB)", title=f"{model}, batch {batch_size} × {seq_len} tokens{gc}")
+    savers = ["checkpointing"] * gradient_checkpointing + [f"loss in chunks of {loss_chunk_size}"] * (loss_chunk_size > 0)
+    ax1.set(ylabel="peak training memory above idle (MiB)",
+            title=", ".join([f"{model}, batch {batch_size} × {seq_len}", *savers]))  # fmt: skip
     ax1.margins(y=0.2)
     ax2.bar(names, [runs[m]["step_seconds"] for m in names], color="tab:orange")
     ax2.set(ylabel="seconds per optimizer step", title="step time (median)")
-    return {"json": str(write_report(output_dir, name, results, fig)), **ratios}
+    return {"json": str(write_report(output_dir, "lora-memory", results, fig)), **ratios}
 
 
 def eval_examples(model: str, data_file: str | None, n: int, where: dict[str, str] | None) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torchmetrics import MeanMetric
 
 from llm_course.sft.lora import Quantization, build_network
+from llm_course.sft.loss import causal_lm_loss, unwrap
 from llm_course.sft.prompts import IGNORE_INDEX, encode, prompt_text
 from llm_course.training import checkpoint_callbacks, maybe_compile
 
@@ -35,6 +36,8 @@ class CausalLMFineTuner(L.LightningModule):
         target_modules: layers that get adapters; ``auto``: the architecture's preset, ``all-linear``: all but the head.
         double_quant: quantize the 4-bit scale factors too (QLoRA's double quantization).
         gradient_checkpointing: recompute activations in backward instead of storing them.
+        loss_chunk_size: compute the head and the loss on this many response tokens at a time, recomputed in
+            backward, so the full-vocabulary logits never exist (``sft/loss.py``); 0: the model's own loss.
         optimizer: optimizer factory, applied to the trainable parameters only.
         warmup_ratio: share of the optimizer steps spent warming up linearly from 0.
         schedule: learning-rate decay after the warmup.
@@ -57,6 +60,7 @@ class CausalLMFineTuner(L.LightningModule):
         target_modules: list[str] | str = "auto",
         double_quant: bool = True,
         gradient_checkpointing: bool = False,
+        loss_chunk_size: int = 0,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         warmup_ratio: float = 0.03,
         schedule: Literal["linear", "cosine", "constant"] = "cosine",
@@ -72,6 +76,8 @@ class CausalLMFineTuner(L.LightningModule):
                 f"model.quantization={quantization} with model.finetune=full: quantized weights cannot be trained "
                 "directly. Use model.finetune=lora (with nf4 that is QLoRA) or model.quantization=none."
             )
+        if loss_chunk_size < 0:
+            raise ValueError(f"model.loss_chunk_size={loss_chunk_size}: use 0 (off) or a number of tokens, e.g. 256")
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer = optimizer
         self.net: Any = None
@@ -91,7 +97,8 @@ class CausalLMFineTuner(L.LightningModule):
             hp.model_name_or_path, hp.finetune, hp.quantization, hp.dtype, device, hp.lora_r, hp.lora_alpha,
             hp.lora_dropout, hp.target_modules, hp.double_quant, hp.gradient_checkpointing, hp.trust_remote_code,
         )  # fmt: skip
-        maybe_compile(self.net, hp.compile)
+        # the chunked loss calls the decoder itself, so that is what gets compiled
+        maybe_compile(unwrap(self.net).get_decoder() if hp.loss_chunk_size else self.net, hp.compile)
 
     def configure_callbacks(self) -> list[L.Callback]:
         return checkpoint_callbacks("val/loss", "min")
@@ -100,8 +107,9 @@ class CausalLMFineTuner(L.LightningModule):
         return self.net(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
 
     def _shared_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
-        # Hugging Face shifts the labels and averages the cross entropy over the response tokens of the batch
-        loss = self(batch["input_ids"], batch["attention_mask"], batch["labels"]).loss
+        # the mean cross entropy over the response tokens of the batch (labels shifted by one)
+        loss = causal_lm_loss(self.net, batch["input_ids"], batch["attention_mask"], batch["labels"],
+                              self.hparams.loss_chunk_size)  # fmt: skip
         tokens = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
         if stage == "train":
             self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["labels"]))

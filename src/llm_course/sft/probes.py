@@ -39,13 +39,14 @@ def _import_libraries() -> None:
 
 
 def train_probe(mode: str, model: str, batch_size: int, seq_len: int, steps: int, lora_r: int,
-                gradient_checkpointing: bool = False) -> dict[str, Any]:  # fmt: skip
+                gradient_checkpointing: bool = False, loss_chunk_size: int = 0) -> dict[str, Any]:  # fmt: skip
     """Peak training memory and step time of one setting: ``steps`` AdamW steps after one warmup step.
 
     The loop is the one Lightning runs for these precisions: forward under autocast (bf16-mixed) or not
-    (32-true), backward, optimizer step, gradients freed.
+    (32-true), backward, optimizer step, gradients freed. The loss is CausalLMFineTuner's (every token a label).
     """
     from llm_course.sft.lora import build_network
+    from llm_course.sft.loss import causal_lm_loss
 
     _import_libraries()
     device = _device()
@@ -64,7 +65,7 @@ def train_probe(mode: str, model: str, batch_size: int, seq_len: int, steps: int
     for _ in range(steps + 1):
         start = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = net(input_ids=ids, labels=ids).loss
+            loss = causal_lm_loss(net, ids, None, ids, loss_chunk_size)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
