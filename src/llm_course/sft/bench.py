@@ -61,7 +61,8 @@ def bench_lora_memory(
     bars = ax1.bar(names, [runs[m]["peak_train_mb"] for m in names], color="tab:blue")
     ax1.bar_label(bars, labels=[f"{runs[m]['peak_train_mb']:.0f} MB" + (f"\n×{ratios[f'{m}_vs_full']:.2f}"
                                 if f"{m}_vs_full" in ratios else "") for m in names], fontsize=8)  # fmt: skip
-    savers = ["checkpointing"] * gradient_checkpointing + [f"loss in chunks of {loss_chunk_size}"] * (loss_chunk_size > 0)
+    chunks = [f"loss in chunks of {loss_chunk_size}"] if loss_chunk_size else []
+    savers = ["checkpointing"] * gradient_checkpointing + chunks
     ax1.set(ylabel="peak training memory above idle (MiB)",
             title=", ".join([f"{model}, batch {batch_size} × {seq_len}", *savers]))  # fmt: skip
     ax1.margins(y=0.2)
