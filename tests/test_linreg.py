@@ -75,8 +75,12 @@ def test_fp16_on_cpu_is_refused_with_the_fix(tmp_path, capsys):
     assert "16-mixed" in err and "bf16-mixed" in err and "Traceback" not in err
 
 
-def test_bf16_mixed_runs_on_cpu(tmp_path):
-    run = fit(tmp_path, "--trainer.accelerator=cpu", "--trainer.precision=bf16-mixed", "--trainer.max_epochs=2")
+def test_bf16_mixed_runs_on_cpu_and_warns_where_it_is_emulated(tmp_path, monkeypatch):
+    from llm_course import cli
+
+    monkeypatch.setattr(cli, "cpu_has_bf16_units", lambda: False)
+    with pytest.warns(UserWarning, match=r"bf16-mixed on a CPU without AVX512-BF16 or AMX.*precision=32-true"):
+        run = fit(tmp_path, "--trainer.accelerator=cpu", "--trainer.precision=bf16-mixed", "--trainer.max_epochs=2")
     state = load_state(run / "checkpoints" / "last.ckpt")
     assert all(torch.isfinite(v).all() for v in state.values())
 
@@ -164,3 +168,20 @@ def test_ddp_two_cpu_processes(tmp_path):
     last = torch.load(run_dir(tmp_path) / "checkpoints" / "last.ckpt", weights_only=True)
     # 800 training rows, batch 32, split over 2 ranks: ceil(400 / 32) = 13 steps per epoch.
     assert last["global_step"] == 2 * 13
+
+
+def test_bf16_hardware_check_matches_the_cpu_flags_and_silences_the_warning(monkeypatch):
+    import platform
+    import warnings
+    from pathlib import Path
+
+    from llm_course import cli
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if platform.machine() == "x86_64" and cpuinfo.exists():
+        flags = set(cpuinfo.read_text().split())
+        assert cli.cpu_has_bf16_units() == bool(flags & {"avx512_bf16", "amx_tile"})
+    monkeypatch.setattr(cli, "cpu_has_bf16_units", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cli.check_precision("bf16-mixed", "cpu")  # hardware bf16: no warning

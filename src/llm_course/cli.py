@@ -49,8 +49,21 @@ class UserError(ValueError):
     """A mistake in the command line or config that the message explains: printed without a traceback."""
 
 
+def cpu_has_bf16_units() -> bool:
+    """Whether this x86 CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX); without, bf16 is emulated.
+
+    Other architectures are not checked (True).
+    """
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return True
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None) or not any(checks)
+
+
 def check_precision(precision: Any, accelerator: Any) -> None:
-    """Refuse fp16 mixed precision where there is no CUDA device, with the fix in the message.
+    """Refuse fp16 mixed precision where there is no CUDA device; warn where bf16 would be emulated.
 
     Raises:
         UserError: ``16-mixed`` (or ``16``) was asked for on a CPU.
@@ -60,6 +73,13 @@ def check_precision(precision: Any, accelerator: Any) -> None:
         raise UserError(
             f"--trainer.precision={precision} needs a CUDA GPU (fp16 autocast with a grad scaler). On CPU use "
             "--trainer.precision=bf16-mixed (bfloat16 autocast, no scaler needed) or 32-true."
+        )
+    if on_cpu and str(precision).startswith("bf16") and not cpu_has_bf16_units():
+        warnings.warn(
+            f"--trainer.precision={precision} on a CPU without AVX512-BF16 or AMX: bf16 matmuls are emulated, "
+            "about 15x slower than float32 for SmolLM2 here (notes/debug_log.md). For speed on this machine add "
+            "--trainer.precision=32-true; keep bf16 for a GPU or an AMX CPU.",
+            stacklevel=2,
         )
 
 
