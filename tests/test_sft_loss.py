@@ -95,4 +95,7 @@ def test_module_uses_the_chunked_loss_and_rejects_a_negative_size(tiny_llama):
     plain.configure_model()
     plain.net.load_state_dict(chunked.net.state_dict())
     batch = padded_batch(plain.net.config.vocab_size)
+    rows: list[int] = []
+    chunked.net.get_output_embeddings().register_forward_hook(lambda m, args, out: rows.append(args[0].shape[0]))
     torch.testing.assert_close(chunked.training_step(batch, 0), plain.training_step(batch, 0))
+    assert rows == [3] * 7 + [1]  # the module took the chunked path: 22 response tokens, 3 at a time

@@ -59,7 +59,9 @@ def cpu_has_bf16_units() -> bool:
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return True
     checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    return any(check() for check in checks if check is not None) or not any(checks)
+    if not any(checks):  # this torch cannot tell: assume the best, warn about nothing
+        return True
+    return any(check() for check in checks if check is not None)
 
 
 def check_precision(precision: Any, accelerator: Any) -> None:

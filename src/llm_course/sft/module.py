@@ -1,5 +1,6 @@
 """LightningModule for Module 6: supervised fine-tuning of a causal LM, full or LoRA, on plain or 4/8-bit weights."""
 
+import inspect
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -93,10 +94,8 @@ class CausalLMFineTuner(L.LightningModule):
     def build(self, device: torch.device | str = "cpu") -> None:
         """Load the network for this configuration (quantized weights go straight to ``device``)."""
         hp = self.hparams
-        self.net = build_network(
-            hp.model_name_or_path, hp.finetune, hp.quantization, hp.dtype, device, hp.lora_r, hp.lora_alpha,
-            hp.lora_dropout, hp.target_modules, hp.double_quant, hp.gradient_checkpointing, hp.trust_remote_code,
-        )  # fmt: skip
+        shared = inspect.signature(build_network).parameters.keys() & hp.keys()  # same names, same meaning
+        self.net = build_network(device=device, **{k: hp[k] for k in shared})
         # the chunked loss calls the decoder itself, so that is what gets compiled
         maybe_compile(unwrap(self.net).get_decoder() if hp.loss_chunk_size else self.net, hp.compile)
 

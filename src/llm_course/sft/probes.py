@@ -147,18 +147,10 @@ def in_fresh_process(fn: Any, *args: Any) -> Any:
     """Run ``fn(*args)`` in a new interpreter (spawned, not forked, with ``CHILD_ENV``) and return its result."""
     import multiprocessing as mp
     import os
+    from unittest import mock
 
-    saved = {k: os.environ.get(k) for k in CHILD_ENV}
-    os.environ.update(CHILD_ENV)
-    try:
-        with mp.get_context("spawn").Pool(1) as pool:
-            return pool.apply(fn, args)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with mock.patch.dict(os.environ, CHILD_ENV), mp.get_context("spawn").Pool(1) as pool:  # restored after
+        return pool.apply(fn, args)
 
 
 def run_modes(fn: Any, modes: list[str], args: tuple, partial_file: Any) -> dict[str, dict[str, Any]]:

@@ -50,16 +50,19 @@ def prompt_text(tokenizer: Any, messages: list[dict[str, str]]) -> str:
     return ALPACA_PROMPT.format(instruction=messages[-1]["content"])
 
 
-def encode(tokenizer: Any, text: str) -> list[int]:
-    """Token ids of ``text`` with a BOS in front where the tokenizer wants one and the text lacks it.
+def _lacks_bos(tokenizer: Any, ids: list[int]) -> bool:
+    """Whether the tokenizer wants a BOS in front and ``ids`` do not start with it.
 
     Chat templates such as Llama-2's render the BOS themselves; adding another would double it.
     """
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     bos = tokenizer.bos_token_id
-    if getattr(tokenizer, "add_bos_token", False) and bos is not None and ids[:1] != [bos]:
-        ids = [bos, *ids]
-    return ids
+    return bool(getattr(tokenizer, "add_bos_token", False)) and bos is not None and ids[:1] != [bos]
+
+
+def encode(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of ``text`` with a BOS in front where the tokenizer wants one and the text lacks it."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return [tokenizer.bos_token_id, *ids] if _lacks_bos(tokenizer, ids) else ids
 
 
 def alpaca_segments(tokenizer: Any, record: dict[str, Any]) -> list[tuple[str, bool]]:
@@ -128,8 +131,7 @@ def tokenize_record(tokenizer: Any, record: dict[str, Any], max_length: int) -> 
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         input_ids += ids
         labels += ids if is_response else [IGNORE_INDEX] * len(ids)
-    bos = tokenizer.bos_token_id
-    if getattr(tokenizer, "add_bos_token", False) and bos is not None and input_ids[:1] != [bos]:
-        input_ids, labels = [bos, *input_ids], [IGNORE_INDEX, *labels]  # as encode() does for generation
+    if _lacks_bos(tokenizer, input_ids):  # the same rule as encode() for generation
+        input_ids, labels = [tokenizer.bos_token_id, *input_ids], [IGNORE_INDEX, *labels]
     input_ids, labels = input_ids[:max_length], labels[:max_length]
     return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
