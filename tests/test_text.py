@@ -11,6 +11,7 @@ from conftest import CONFIGS, review_rows, run_dir, write_jsonl
 from llm_course.cli import CourseCLI
 from llm_course.reporting import classification_report
 from llm_course.text import TextClassificationDataModule, TextClassifier
+from llm_course.text.module import dropout_keys
 from llm_course.text.sampling import LengthGroupedSampler, SortedSampler
 
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.accelerator=cpu"]
@@ -164,6 +165,31 @@ def test_saved_hf_folder_gives_the_checkpoint_logits(tmp_path, tiny_bert):
     assert [x["label"] for x in lines] == [["neg", "pos"][int(i)] for i in probs.argmax(-1)]
     assert np.allclose([x["score"] for x in lines], probs.max(-1).values.numpy(), atol=1e-4)
     assert predict.trainer.state.finished
+
+
+def test_dropout_option_sets_every_dropout_probability(tiny_bert):
+    ids = torch.randint(5, 1000, (2, 12))
+    mask = torch.ones_like(ids)
+
+    def two_train_passes(module: TextClassifier) -> tuple[torch.Tensor, torch.Tensor]:
+        module.net.train()
+        return module(ids, mask), module(ids, mask)
+
+    kept = TextClassifier(tiny_bert, labels=["neg", "pos"])
+    assert {k: getattr(kept.net.config, k) for k in dropout_keys(kept.net.config)} == {
+        "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}  # fmt: skip
+    first, second = two_train_passes(kept)
+    assert not torch.equal(first, second)  # dropout active in training mode
+
+    off = TextClassifier(tiny_bert, labels=["neg", "pos"], dropout=0.0)
+    assert {k: getattr(off.net.config, k) for k in dropout_keys(off.net.config)} == {
+        "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}  # fmt: skip
+    first, second = two_train_passes(off)
+    assert torch.equal(first, second)
+    assert off.net.config.id2label == {0: "neg", 1: "pos"}
+
+    with pytest.raises(ValueError, match=r"model.init_args.dropout=1.5: must be in \[0, 1\)"):
+        TextClassifier(tiny_bert, labels=["neg", "pos"], dropout=1.5)
 
 
 def test_test_writes_metrics_report_and_confusion_matrix(tmp_path, tiny_bert):
