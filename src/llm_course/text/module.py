@@ -56,6 +56,8 @@ class TextClassifier(L.LightningModule):
         trust_remote_code: bool = False,
     ) -> None:
         super().__init__()
+        if dropout is not None and not 0.0 <= dropout < 1.0:  # checked before any data is read
+            raise ValueError(f"model.init_args.dropout={dropout}: must be in [0, 1); null keeps the model's own")
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer = optimizer
         self.net = None
@@ -72,11 +74,8 @@ class TextClassifier(L.LightningModule):
             AutoConfig, hp.model_name_or_path, flag, trust_remote_code=hp.trust_remote_code,
             num_labels=n, id2label=dict(enumerate(label_names)), label2id={v: i for i, v in enumerate(label_names)},
         )  # fmt: skip
-        if hp.dropout is not None:
-            if not 0.0 <= hp.dropout < 1.0:
-                raise ValueError(f"model.init_args.dropout={hp.dropout}: must be in [0, 1); None keeps the model's own")
-            for key in dropout_keys(config):
-                setattr(config, key, hp.dropout)
+        for key in dropout_keys(config) if hp.dropout is not None else []:
+            setattr(config, key, hp.dropout)
         self.net = from_pretrained(AutoModelForSequenceClassification, hp.model_name_or_path, flag, config=config,
                                    trust_remote_code=hp.trust_remote_code)  # fmt: skip
         self.net.train()  # from_pretrained returns eval mode, and Lightning keeps each submodule's mode
