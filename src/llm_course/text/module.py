@@ -74,8 +74,8 @@ class TextClassifier(L.LightningModule):
             AutoConfig, hp.model_name_or_path, flag, trust_remote_code=hp.trust_remote_code,
             num_labels=n, id2label=dict(enumerate(label_names)), label2id={v: i for i, v in enumerate(label_names)},
         )  # fmt: skip
-        for key in dropout_keys(config) if hp.dropout is not None else []:
-            setattr(config, key, hp.dropout)
+        if hp.dropout is not None:
+            config.update(dict.fromkeys(dropout_keys(config), hp.dropout))
         self.net = from_pretrained(AutoModelForSequenceClassification, hp.model_name_or_path, flag, config=config,
                                    trust_remote_code=hp.trust_remote_code)  # fmt: skip
         self.net.train()  # from_pretrained returns eval mode, and Lightning keeps each submodule's mode
