@@ -5,7 +5,7 @@ import torch
 import yaml
 
 from conftest import CONFIGS, run_cli
-from llm_course.cli import CourseCLI
+from llm_course.trainer_cli import CourseCLI
 
 ALL_CONFIGS = sorted(CONFIGS.glob("*.yaml"))
 # Configs whose data is not embedded get tiny local files from a fixture named here.

@@ -12,6 +12,7 @@ import torch
 from conftest import CONFIGS, load_state, run_cli, run_dir
 from llm_course.callbacks import NaNGuard, NonFiniteError
 from llm_course.linreg import RegressionDataModule, RegressionTask
+from llm_course.training import checkpoint_callbacks
 
 LINREG = CONFIGS / "linreg.yaml"
 FAST = ("--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false")
@@ -76,7 +77,7 @@ def test_fp16_on_cpu_is_refused_with_the_fix(tmp_path, capsys):
 
 
 def test_bf16_mixed_runs_on_cpu_and_warns_where_it_is_emulated(tmp_path, monkeypatch):
-    from llm_course import cli
+    from llm_course import trainer_cli as cli
 
     monkeypatch.setattr(cli, "cpu_has_bf16_units", lambda: False)
     with pytest.warns(UserWarning, match=r"bf16-mixed on a CPU without AVX512-BF16 or AMX.*precision=32-true"):
@@ -101,7 +102,7 @@ def test_nan_guard_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     model = RegressionTask(in_features=8, optimizer=partial(torch.optim.SGD, lr=0.05))
     trainer = L.Trainer(
         max_epochs=5, default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
-        callbacks=[NaNGuard(), PoisonAtEpoch(2)],
+        callbacks=[NaNGuard(), PoisonAtEpoch(2), *checkpoint_callbacks(*model.checkpoint_monitor)],
     )  # fmt: skip
     with pytest.raises(NonFiniteError, match=r"training loss is nan at global step 50 \(epoch 2"):
         trainer.fit(model, RegressionDataModule(source="synthetic"))
@@ -175,7 +176,7 @@ def test_bf16_hardware_check_matches_the_cpu_flags_and_silences_the_warning(monk
     import warnings
     from pathlib import Path
 
-    from llm_course import cli
+    from llm_course import trainer_cli as cli
 
     cpuinfo = Path("/proc/cpuinfo")
     if platform.machine() == "x86_64" and cpuinfo.exists():

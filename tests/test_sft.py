@@ -250,7 +250,7 @@ def test_sft_run_saves_adapter_and_merged_model(tiny_llama, tmp_path):
 def test_sft_resume_from_last_equals_a_straight_run(tiny_llama, tmp_path):
     import lightning as L
 
-    from llm_course.cli import CourseCLI
+    from llm_course.trainer_cli import CourseCLI
 
     class StopAfter(L.Callback):  # an interrupted run: same schedule (max_steps=20), stopped at step 10
         def on_train_batch_end(self, trainer, *args) -> None:

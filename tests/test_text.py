@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import CONFIGS, review_rows, run_dir, write_jsonl
-from llm_course.cli import CourseCLI
-from llm_course.reporting import classification_report
+from llm_course.trainer_cli import CourseCLI
+from llm_course.reports import classification_report
 from llm_course.text import TextClassificationDataModule, TextClassifier
 from llm_course.text.module import dropout_keys
 from llm_course.text.sampling import LengthGroupedSampler, SortedSampler

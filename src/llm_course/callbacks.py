@@ -3,6 +3,7 @@
 import json
 import math
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,6 @@ from lightning.pytorch.utilities.data import extract_batch_size
 
 from llm_course.errors import NonFiniteError
 from llm_course.memory import peak_mb
-
 
 LIKELY_CAUSES = (
     "a learning rate too high for this model (lower --model.optimizer.init_args.lr)",
@@ -135,12 +135,23 @@ class RNGState(L.Callback):
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class PlainProgress(ProgressBar):
-    """One line per epoch with the logged metrics: the progress bar for logs, CI and other non-terminals."""
+class ProgressLog(ProgressBar):
+    """Progress for logs, CI and benchmarks: one line on stderr at least every ``interval`` seconds.
 
-    def __init__(self) -> None:
+    Each line gives the stage, the epoch, the batch out of the epoch's total, the global step out of the run's,
+    samples/s, the time elapsed and left in the stage's epoch, and the current loss; a line also closes every
+    epoch. A terminal gets Rich's bar instead (the CLI chooses).
+
+    Args:
+        interval: seconds between lines within an epoch (0: every batch).
+    """
+
+    def __init__(self, interval: float = 30.0) -> None:
         super().__init__()
+        self.interval = interval
         self._enabled = True
+        self._start = self._last = 0.0
+        self._samples = 0
 
     def disable(self) -> None:
         self._enabled = False
@@ -148,13 +159,64 @@ class PlainProgress(ProgressBar):
     def enable(self) -> None:
         self._enabled = True
 
-    @rank_zero_only
+    def _begin(self, *_: Any) -> None:
+        self._start = self._last = time.perf_counter()
+        self._samples = 0
+
+    on_train_epoch_start = on_validation_epoch_start = on_test_epoch_start = on_predict_epoch_start = _begin
+
+    def _line(self, trainer: L.Trainer, stage: str, done: int, total: float | int, final: bool = False) -> None:
+        now = time.perf_counter()
+        if not self._enabled or not trainer.is_global_zero or (not final and now - self._last < self.interval):
+            return
+        self._last, elapsed = now, now - self._start
+        parts = [f"{stage} epoch {trainer.current_epoch}"]
+        known = isinstance(total, int) or (isinstance(total, float) and math.isfinite(total))
+        parts.append(f"batch {done}/{int(total)}" if known else f"batch {done}")
+        if stage == "train":
+            max_steps = trainer.max_steps if trainer.max_steps > 0 else trainer.estimated_stepping_batches
+            parts.append(f"step {trainer.global_step}/{int(max_steps) if math.isfinite(max_steps) else '?'}")
+        parts.append(f"{self._samples / max(elapsed, 1e-9):.1f} samples/s")
+        eta = elapsed / done * (total - done) if known and done else float("nan")
+        parts.append(f"elapsed {_clock(elapsed)}" + (f" ETA {_clock(eta)}" if math.isfinite(eta) else ""))
+        loss = trainer.callback_metrics.get("train/loss_step", trainer.callback_metrics.get("train/loss"))
+        if stage == "train" and loss is not None:
+            parts.append(f"loss {float(loss):.4g}")
+        print("  ".join(parts), file=sys.stderr, flush=True)
+
+    def _batch(self, trainer: L.Trainer, batch: Any, stage: str, done: int, total: float | int) -> None:
+        try:
+            self._samples += extract_batch_size(batch)
+        except Exception:  # a batch layout Lightning cannot size: count batches instead
+            self._samples += 1
+        self._line(trainer, stage, done, total)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        self._batch(trainer, batch, "train", batch_idx + 1, self.total_train_batches)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001
+        if not trainer.sanity_checking:
+            self._batch(trainer, batch, "validate", batch_idx + 1, self.total_val_batches_current_dataloader)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001
+        self._batch(trainer, batch, "test", batch_idx + 1, self.total_test_batches_current_dataloader)
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001
+        self._batch(trainer, batch, "predict", batch_idx + 1, self.total_predict_batches_current_dataloader)
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._enabled:
+        if not self._enabled or not trainer.is_global_zero:
             return
         metrics = {k: v for k, v in self.get_metrics(trainer, pl_module).items() if k != "v_num"}
         shown = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(metrics.items()))
-        print(f"epoch {trainer.current_epoch}  step {trainer.global_step}  {shown}", flush=True)
+        elapsed = _clock(time.perf_counter() - self._start)
+        print(f"epoch {trainer.current_epoch} done in {elapsed}  step {trainer.global_step}  {shown}",
+              file=sys.stderr, flush=True)  # fmt: skip
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m{secs:02d}s" if minutes >= 60 else f"{minutes}m{secs:02d}s"
 
 
 class History(L.Callback):
@@ -203,11 +265,13 @@ class TestReport(L.Callback):
     class names from the DataModule's ``class_names`` when it has them.
     """
 
-    @rank_zero_only
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from llm_course.reporting import classification_report, plot_confusion_matrix, plt
+        run_dir = Path(trainer.log_dir or trainer.default_root_dir)  # log_dir is collective: every rank reads it
+        if not trainer.is_global_zero:
+            return
+        from llm_course.plotting import plot_confusion_matrix
+        from llm_course.reports import classification_report
 
-        run_dir = Path(trainer.log_dir or trainer.default_root_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         metrics = {
             k: v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v
@@ -227,5 +291,4 @@ class TestReport(L.Callback):
             for logger in trainer.loggers:
                 if hasattr(logger.experiment, "add_figure"):
                     logger.experiment.add_figure("test/confusion_matrix", fig, trainer.global_step, close=False)
-            plt.close(fig)
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")

@@ -1,11 +1,14 @@
-"""DataLoader construction shared by every DataModule, with resumable shuffling."""
+"""DataLoader construction and seeded train/val/test splits shared by every DataModule, with resumable shuffling."""
 
+import math
 import os
 from collections.abc import Callable, Iterator, Sized
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from llm_course.errors import ConfigError
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -53,3 +56,47 @@ def make_loader(
         generator=torch.Generator().manual_seed(int(os.environ.get("PL_GLOBAL_SEED", 0))),
         **kwargs,
     )
+
+
+def check_fractions(val_fraction: float, test_fraction: float = 0.0, prefix: str = "data.") -> None:
+    """Check the shares of rows held out for validation and test, before any data is read.
+
+    Raises:
+        ConfigError: ``val_fraction`` is outside (0, 1), ``test_fraction`` outside [0, 1), or together they
+            leave no training rows; the message names the keys (``data.val_fraction``, ...) and their values.
+    """
+    # Every task picks its best checkpoint on validation, so validation needs rows; a test split may be empty.
+    for key, value, low in (("val_fraction", val_fraction, "(0"), ("test_fraction", test_fraction, "[0")):
+        inside = isinstance(value, int | float) and math.isfinite(value) and 0 <= value < 1
+        if not inside or (key == "val_fraction" and value == 0):
+            raise ConfigError(f"{prefix}{key}={value!r} must lie in {low}, 1)")
+    if val_fraction + test_fraction >= 1:
+        raise ConfigError(
+            f"{prefix}val_fraction + {prefix}test_fraction = {val_fraction} + {test_fraction} = "
+            f"{val_fraction + test_fraction:g} leaves no training rows; the sum must be below 1"
+        )
+
+
+def split_indices(
+    n: int, val_fraction: float, test_fraction: float = 0.0, seed: int = 42
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Seeded, disjoint train/val/test index tensors covering ``range(n)``.
+
+    ``round(n * fraction)`` rows go to validation and to test, the rest to training. The indices are those of
+    ``torch.utils.data.random_split(range(n), [n_train, n_val, n_test], generator=Generator().manual_seed(seed))``:
+    one permutation of ``range(n)`` cut in that order, so the split is a pure function of ``n``, the fractions
+    and ``seed``.
+
+    Raises:
+        ConfigError: the fractions are not allowed (see :func:`check_fractions`) or leave no training row.
+    """
+    check_fractions(val_fraction, test_fraction)
+    n_val, n_test = round(n * val_fraction), round(n * test_fraction)
+    n_train = n - n_val - n_test
+    if n_train <= 0:
+        raise ConfigError(
+            f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} leave no training rows out of {n}"
+        )
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    train, val, test = order.split([n_train, n_val, n_test])
+    return train.clone(), val.clone(), test.clone()

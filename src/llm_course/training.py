@@ -1,14 +1,17 @@
-"""Pieces every task module shares, as plain functions: checkpoints, ``torch.compile``, optimizers."""
+"""Pieces every task module shares: the step trio, optimizers and schedules from YAML, checkpoints, compile."""
 
+import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
+import lightning as L
 import torch
-from lightning import LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
+
+from llm_course.errors import ConfigError
 
 
 def checkpoint_callbacks(monitor: str, mode: str = "min") -> list[ModelCheckpoint]:
@@ -16,7 +19,8 @@ def checkpoint_callbacks(monitor: str, mode: str = "min") -> list[ModelCheckpoin
 
     Two callbacks, because Lightning's ``save_last=True`` only refreshes ``last.ckpt`` when a new best is
     saved, and resuming needs the latest state. Lightning writes each file to a temporary name and moves
-    it into place, so a crash during a save never leaves a truncated ``last.ckpt``.
+    it into place, so a crash during a save never leaves a truncated ``last.ckpt``. The CLI adds them unless
+    the user turned checkpointing off or configured a ModelCheckpoint of their own.
     """
     best = ModelCheckpoint(monitor=monitor, mode=mode, filename="best", auto_insert_metric_name=False)
     last = ModelCheckpoint(filename="last", save_top_k=1, enable_version_counter=False)
@@ -33,25 +37,96 @@ def maybe_compile(net: nn.Module, enabled: bool) -> None:
         net.compile()
 
 
+class WarmupDecayLR(LambdaLR):
+    """Linear warm-up from 0 over ``ceil(warmup_ratio * total_steps)`` steps, then ``decay`` to 0 (or constant).
+
+    The schedule of BERT-style fine-tuning (``transformers.get_scheduler``'s linear, cosine and
+    constant-with-warmup), as a scheduler class that YAML can name. It steps every optimizer step; the
+    course's :func:`configure_optimizers` fills ``total_steps`` from the Trainer when the config leaves it out.
+
+    Args:
+        optimizer: the optimizer whose learning rates it scales.
+        total_steps: optimizer steps of the whole run.
+        warmup_ratio: share of ``total_steps`` spent warming up.
+        decay: ``linear`` or ``cosine`` to 0 at ``total_steps``, or ``constant`` after the warm-up.
+    """
+
+    interval = "step"
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        total_steps: int | None = None,
+        warmup_ratio: float = 0.0,
+        decay: Literal["linear", "cosine", "constant"] = "linear",
+    ) -> None:
+        if total_steps is None:
+            raise ValueError("WarmupDecayLR needs total_steps (the course fills it from the Trainer)")
+        if not 0.0 <= warmup_ratio < 1.0:
+            raise ConfigError(f"scheduler warmup_ratio={warmup_ratio}: must be in [0, 1)")
+        if decay not in ("linear", "cosine", "constant"):
+            raise ConfigError(f"scheduler decay={decay!r} is not one of: linear, cosine, constant")
+        self.total_steps, self.warmup_steps, self.decay = total_steps, math.ceil(warmup_ratio * total_steps), decay
+        super().__init__(optimizer, self.factor)
+
+    def factor(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return step / self.warmup_steps
+        if self.decay == "constant":
+            return 1.0
+        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+        if self.decay == "linear":
+            return max(0.0, 1.0 - progress)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))))
+
+
 def configure_optimizers(
-    module: LightningModule,
+    module: L.LightningModule,
     optimizer: Callable[..., Optimizer],
     scheduler: Callable[..., LRScheduler] | None = None,
 ) -> Optimizer | dict[str, Any]:
     """Build the optimizer over trainable parameters only, and the scheduler if one is configured.
 
-    ``OneCycleLR`` steps every batch and gets its ``total_steps`` from the Trainer when the config leaves
-    it out; other schedulers step every epoch.
+    A scheduler that needs the run's length (``OneCycleLR``, :class:`WarmupDecayLR`) gets ``total_steps`` from
+    the Trainer when the config leaves it out, and steps every optimizer step; other schedulers step every epoch.
     """
     opt = optimizer([p for p in module.parameters() if p.requires_grad])
     if scheduler is None:
         return opt
-    trainer = module.trainer
     try:
         sched = scheduler(opt)
-        interval = "step" if isinstance(sched, torch.optim.lr_scheduler.OneCycleLR) else "epoch"
-    except ValueError as err:  # OneCycleLR without total_steps: the Trainer knows the run's length
+    except ValueError as err:  # no total_steps in the config: the Trainer knows the run's length
         if "total_steps" not in str(err):
             raise
-        sched, interval = scheduler(opt, total_steps=int(trainer.estimated_stepping_batches)), "step"
+        sched = scheduler(opt, total_steps=int(module.trainer.estimated_stepping_batches))
+    interval = "step" if isinstance(sched, OneCycleLR) or getattr(sched, "interval", "") == "step" else "epoch"
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": interval}}
+
+
+class TaskModule(L.LightningModule):
+    """What every course LightningModule shares: ``training/validation/test_step`` call ``shared_step(batch,
+    stage)``, the optimizer and schedule come from YAML, and ``checkpoint_monitor`` names the metric that picks
+    ``best.ckpt``.
+
+    Subclasses set ``self.optimizer`` / ``self.scheduler`` (``OptimizerCallable`` / ``LRSchedulerCallable``
+    arguments) and implement :meth:`shared_step`.
+    """
+
+    checkpoint_monitor: tuple[str, str] = ("val/loss", "min")
+    optimizer: Callable[..., Optimizer]
+    scheduler: Callable[..., LRScheduler] | None = None
+
+    def shared_step(self, batch: Any, stage: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self.shared_step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.shared_step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self.shared_step(batch, "test")
+
+    def configure_optimizers(self) -> Optimizer | dict[str, Any]:
+        return configure_optimizers(self, self.optimizer, self.scheduler)

@@ -9,7 +9,8 @@ import torch
 
 from llm_course.linreg.data import RegressionDataModule
 from llm_course.linreg.module import RegressionTask
-from llm_course.reporting import plt, write_report
+from llm_course.plotting import subplots
+from llm_course.reports import write_report
 
 
 def _rmse(pred: torch.Tensor, y: torch.Tensor) -> float:
@@ -67,7 +68,7 @@ def bench_linreg(
     }
     results["rmse_ratio"] = results["sgd_test_rmse"] / results["exact_test_rmse"]
 
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, ax = subplots(figsize=(5, 5))
     ax.scatter(y_test, exact, s=12, label=f"least squares (RMSE {results['exact_test_rmse']:.3f})")
     ax.scatter(y_test, sgd, s=12, marker="x", label=f"SGD, Lightning (RMSE {results['sgd_test_rmse']:.3f})")
     lims = [float(y_test.min()), float(y_test.max())]

@@ -4,10 +4,11 @@ from typing import Literal
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, TensorDataset, random_split
+from torch.utils.data import DataLoader, TensorDataset
 
 from llm_course.assets import load_dataset_table
-from llm_course.loaders import make_loader
+from llm_course.errors import ConfigError
+from llm_course.loaders import check_fractions, make_loader, split_indices
 
 SOURCES = ("synthetic", "boston")
 
@@ -45,11 +46,8 @@ class RegressionDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if source not in SOURCES:
-            raise ValueError(f"data.source={source!r} is not one of: {', '.join(SOURCES)}")
-        if not 0 < val_fraction + test_fraction < 1:
-            raise ValueError(
-                f"data.val_fraction + data.test_fraction = {val_fraction + test_fraction} must lie in (0, 1)"
-            )
+            raise ConfigError(f"data.source={source!r} is not one of: {', '.join(SOURCES)}")
+        check_fractions(val_fraction, test_fraction)
         self.save_hyperparameters()
         self.true_weight: torch.Tensor | None = None
         self.true_bias: float | None = None
@@ -74,18 +72,13 @@ class RegressionDataModule(L.LightningDataModule):
         if hasattr(self, "train_set"):
             return
         x, y = self._load()
-        n = len(x)
-        n_val, n_test = round(n * self.hparams.val_fraction), round(n * self.hparams.test_fraction)
-        split = random_split(
-            range(n), [n - n_val - n_test, n_val, n_test], generator=torch.Generator().manual_seed(self.hparams.seed)
-        )
-        if self.hparams.source == "boston":
+        hp = self.hparams
+        split = split_indices(len(x), hp.val_fraction, hp.test_fraction, hp.seed)
+        if hp.source == "boston":
             # Synthetic features are already N(0, 1) and stay raw, so the learned w compares with true_weight.
-            train_x = x[torch.tensor(split[0].indices)]
+            train_x = x[split[0]]
             x = (x - train_x.mean(0)) / train_x.std(0).clamp_min(1e-8)
-        self.train_set, self.val_set, self.test_set = (
-            TensorDataset(x[torch.tensor(s.indices)], y[torch.tensor(s.indices)]) for s in split
-        )
+        self.train_set, self.val_set, self.test_set = (TensorDataset(x[idx], y[idx]) for idx in split)
 
     def _loader(self, dataset: TensorDataset, shuffle: bool = False) -> DataLoader:
         return make_loader(dataset, self.hparams.batch_size, shuffle, self.hparams.num_workers)

@@ -1,16 +1,15 @@
 """LightningModule for Module 1: mean-squared-error regression with torchmetrics."""
 
-import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch.nn import functional as F
 from torchmetrics import MeanAbsoluteError, MetricCollection, R2Score
 
 from llm_course.linreg.model import LinearRegression
-from llm_course.training import checkpoint_callbacks, configure_optimizers, maybe_compile
+from llm_course.training import TaskModule, maybe_compile
 
 
-class RegressionTask(L.LightningModule):
+class RegressionTask(TaskModule):
     """Fits :class:`LinearRegression` by minimizing the mean squared error.
 
     Args:
@@ -39,13 +38,10 @@ class RegressionTask(L.LightningModule):
     def configure_model(self) -> None:
         maybe_compile(self.net, self.hparams.compile)
 
-    def configure_callbacks(self) -> list[L.Callback]:
-        return checkpoint_callbacks("val/loss", "min")
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+    def shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         x, y = batch
         pred = self(x)
         loss = F.mse_loss(pred.float(), y)
@@ -57,17 +53,5 @@ class RegressionTask(L.LightningModule):
         self.log_dict(metrics, on_step=False, on_epoch=True)
         return loss
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, "train")
-
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._shared_step(batch, "val")
-
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._shared_step(batch, "test")
-
     def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self(batch[0])
-
-    def configure_optimizers(self):
-        return configure_optimizers(self, self.optimizer, self.scheduler)

@@ -6,7 +6,10 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from llm_course.reporting import fit_then_test, plt, write_report
+from llm_course.bench import fit_then_test
+from llm_course.errors import ConfigError, MissingFileError
+from llm_course.plotting import subplots
+from llm_course.reports import write_report
 from llm_course.sft.probes import INFER_MODES, TRAIN_MODES, inference_probe, run_modes, train_probe
 
 EVAL_SET = "eval_instructions.jsonl"  # 24 short hand-written instructions with reference answers
@@ -45,7 +48,7 @@ def bench_lora_memory(
     modes = modes or list(TRAIN_MODES)
     unknown = [m for m in modes if m not in TRAIN_MODES]
     if unknown:
-        raise ValueError(f"--modes: {unknown} not among {', '.join(TRAIN_MODES)}")
+        raise ConfigError(f"--modes: {unknown} not among {', '.join(TRAIN_MODES)}")
     args = (model, batch_size, seq_len, steps, lora_r, gradient_checkpointing, loss_chunk_size)
     runs = run_modes(train_probe, modes, args, Path(output_dir) / "lora-memory.partial.json")
     ratios = {f"{m}_vs_full": round(runs[m]["peak_train_mb"] / runs["full"]["peak_train_mb"], 3)
@@ -56,7 +59,7 @@ def bench_lora_memory(
                             "gradient_checkpointing": gradient_checkpointing,
                             "loss_chunk_size": loss_chunk_size}}  # fmt: skip
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax1, ax2) = subplots(1, 2, figsize=(11, 4.2))
     names = list(runs)
     bars = ax1.bar(names, [runs[m]["peak_train_mb"] for m in names], color="tab:blue")
     ax1.bar_label(bars, labels=[f"{runs[m]['peak_train_mb']:.0f} MB" + (f"\n×{ratios[f'{m}_vs_full']:.2f}"
@@ -96,7 +99,11 @@ def bench_quant_inference(
     max_new_tokens: int = 32,
     modes: list[str] | None = None,
 ) -> dict:
-    """fp32 vs bf16 vs int8 vs nf4 weights of one model: memory, time to first token, tokens/s, perplexity.
+    """fp32 vs bf16 vs int8 vs nf4 weights of one model: memory, time to first token, decode speed, perplexity.
+
+    The time to first token (prompt forward pass + first greedy step) and the decode speed (tokens after the
+    first / time after the first) are measured apart, in one generation per prompt: prefill and decode scale
+    differently (prompt length vs weights read per token), and a tokens/s over both mixes them.
 
     Args:
         output_dir: where ``quant-inference.json`` and ``quant-inference.png`` go.
@@ -108,13 +115,16 @@ def bench_quant_inference(
         where: record filter, as for ``data.where``.
         n_eval: held-out examples to score.
         prompts: instructions for the timing runs (default: the first 4 packaged ones).
-        max_new_tokens: tokens generated (greedy) per prompt for tokens/s.
+        max_new_tokens: tokens generated (greedy) per prompt, at least 2: the first is timed as the time to first
+            token, the others as decode speed.
         modes: formats to run (default: fp32, bf16, int8, nf4).
     """
     modes = modes or list(INFER_MODES)
     unknown = [m for m in modes if m not in INFER_MODES]
     if unknown:
-        raise ValueError(f"--modes: {unknown} not among {', '.join(INFER_MODES)}")
+        raise ConfigError(f"--modes: {unknown} not among {', '.join(INFER_MODES)}")
+    if max_new_tokens < 2:
+        raise ConfigError(f"--max_new_tokens={max_new_tokens}: the decode speed needs at least 2 tokens")
     examples = eval_examples(model, data_file, n_eval, where)
     if prompts is None:
         packaged = files("llm_course.sft").joinpath(EVAL_SET).read_text().splitlines()[:4]
@@ -124,9 +134,10 @@ def bench_quant_inference(
     results = {"runs": runs, "settings": {"model": model, "data_file": data_file or f"llm_course/sft/{EVAL_SET}",
                "eval_examples": len(examples), "prompts": prompts, "max_new_tokens": max_new_tokens}}  # fmt: skip
 
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.8))
+    fig, axes = subplots(1, 4, figsize=(15, 3.8))
     panels = [("footprint_mb", "weights (MiB)"), ("time_to_first_token_s", "time to first token (s)"),
-              ("tokens_per_second", "tokens / s (greedy)"), ("perplexity", "response perplexity")]  # fmt: skip
+              ("decode_tokens_per_second", "decode tokens / s (after the first)"),
+              ("perplexity", "response perplexity")]  # fmt: skip
     for ax, (key, label) in zip(axes, panels, strict=True):
         bars = ax.bar(modes, [runs[m][key] for m in modes], color="tab:green")
         ax.bar_label(bars, fmt="%.3g", fontsize=8)
@@ -159,7 +170,7 @@ def bench_sft(
         overrides: extra command-line overrides, e.g. ``["--trainer.precision=32-true"]``.
     """
     if not Path(train_file).is_file():
-        raise FileNotFoundError(f"--train_file: {train_file} does not exist")
+        raise MissingFileError(f"--train_file: {train_file} does not exist")
     before: dict[str, Any] = {}
 
     def score_before(cli) -> None:
@@ -201,7 +212,7 @@ def bench_sft(
         "history": run.history,
     }  # fmt: skip
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = subplots(figsize=(6.5, 4.2))
     ax.plot([e["step"] for e in run.history], [e["val/loss"] for e in run.history], "o-", label="validation loss")
     for when, color in (("before", "tab:red"), ("after", "tab:green")):
         loss = results[f"test_loss_{when}"]

@@ -7,9 +7,9 @@ import torch
 from datasets import Dataset, DatasetDict, load_dataset
 from torch.utils.data import DataLoader
 
-from llm_course.assets import from_pretrained
+from llm_course.errors import AssetError, ConfigError
 from llm_course.loaders import make_loader
-from llm_course.sft.prompts import IGNORE_INDEX, tokenize_record
+from llm_course.sft.prompts import IGNORE_INDEX, load_tokenizer, tokenize_record
 from llm_course.text.sampling import LengthGroupedSampler, SortedSampler
 from llm_course.text.sources import load_files
 
@@ -41,7 +41,8 @@ class InstructionDataModule(L.LightningDataModule):
         group_by_length: batch examples of similar length together.
         num_workers: DataLoader worker processes.
         seed: seeds the held-out splits and the training subset.
-        trust_remote_code: allow tokenizers whose code lives on the hub.
+        trust_remote_code: allow tokenizers whose code lives on the hub. Taken from the caller only, never
+            from a checkpoint's saved hyperparameters.
     """
 
     def __init__(
@@ -63,20 +64,20 @@ class InstructionDataModule(L.LightningDataModule):
         trust_remote_code: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["trust_remote_code"])  # a checkpoint must not switch it on
+        self.trust_remote_code = trust_remote_code
         self.tokenizer: Any = None
         self.splits: dict[str, Dataset] = {}
         self.dropped: dict[str, int] = {}
 
-    def load_tokenizer(self) -> Any:
-        from transformers import AutoTokenizer
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, trust_remote_code: bool = False, **kwargs: Any):
+        """Lightning's ``load_from_checkpoint``, with ``trust_remote_code`` from the caller only (default off)."""
+        return super().load_from_checkpoint(checkpoint_path, *args, trust_remote_code=trust_remote_code, **kwargs)
 
+    def load_tokenizer(self) -> Any:
         if self.tokenizer is None:
-            self.tokenizer = from_pretrained(AutoTokenizer, self.hparams.model_name_or_path,
-                                             "--model.init_args.model_name_or_path",
-                                             trust_remote_code=self.hparams.trust_remote_code)  # fmt: skip
-            if self.tokenizer.pad_token is None:  # GPT-2 and friends: pads are masked out anyway
-                self.tokenizer.pad_token = self.tokenizer.eos_token
+            self.tokenizer = load_tokenizer(self.hparams.model_name_or_path, self.trust_remote_code)
         return self.tokenizer
 
     def _raw(self) -> DatasetDict:
@@ -88,12 +89,12 @@ class InstructionDataModule(L.LightningDataModule):
             try:
                 return load_dataset(hp.dataset)
             except (ConnectionError, OSError, ValueError) as err:
-                raise FileNotFoundError(
+                raise AssetError(
                     f"data.dataset={hp.dataset!r} could not be loaded from the Hugging Face hub or its cache "
                     f"({type(err).__name__}). Offline, give local records instead: --data.init_args.train_file PATH "
                     "(.json/.jsonl/.jsonl.gz with instruction/input/output or messages)."
                 ) from err
-        raise ValueError(NO_SOURCE)
+        raise ConfigError(NO_SOURCE)
 
     def prepare_data(self) -> None:
         self.load_tokenizer()  # converts/caches the embedded model once, before DDP ranks start
@@ -107,11 +108,11 @@ class InstructionDataModule(L.LightningDataModule):
         if hp.where:
             missing = [k for k in hp.where if k not in train.column_names]
             if missing:
-                raise ValueError(f"data.where names {missing}, not columns of the data: {train.column_names}")
+                raise ConfigError(f"data.where names {missing}, not columns of the data: {train.column_names}")
             train = train.filter(lambda r: all(str(r[k]) == str(v) for k, v in hp.where.items()))
         held = (0 if "validation" in raw else hp.val_size) + hp.test_size
         if held >= len(train):
-            raise ValueError(f"data.val_size + data.test_size = {held} leaves no training records of {len(train)}")
+            raise ConfigError(f"data.val_size + data.test_size = {held} leaves no training records of {len(train)}")
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(hp.seed)).tolist()
         splits = {"train": train.select(order[held:])}
         if "validation" in raw:
@@ -130,7 +131,7 @@ class InstructionDataModule(L.LightningDataModule):
             kept = tokens.filter(lambda r: any(x != IGNORE_INDEX for x in r["labels"][1:]))
             self.dropped[name] = len(tokens) - len(kept)
             if len(tokens) and not len(kept):
-                raise ValueError(
+                raise ConfigError(
                     f"data.max_length={hp.max_length} leaves no response tokens in any of the {len(tokens)} {name} "
                     "examples (their prompts alone are that long); raise data.max_length"
                 )
@@ -161,5 +162,5 @@ class InstructionDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         if "test" not in self.splits:
-            raise ValueError("no test split: set data.test_size (records held out from train) to test")
+            raise ConfigError("no test split: set data.test_size (records held out from train) to test")
         return self._loader("test", train=False)

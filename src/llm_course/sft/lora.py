@@ -3,12 +3,16 @@
 Plain functions, no Lightning: the benchmarks, the tests and the note call them directly.
 """
 
+import json
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from llm_course.assets import from_pretrained
+from llm_course.errors import ConfigError, MissingFileError
+from llm_course.sft.prompts import load_tokenizer
 
 Quantization = Literal["none", "int8", "nf4", "fp4"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -40,7 +44,7 @@ def quantization_config(quantization: Quantization, compute_dtype: str = "bfloat
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quantization,
                                   bnb_4bit_compute_dtype=DTYPES[compute_dtype],
                                   bnb_4bit_use_double_quant=double_quant)  # fmt: skip
-    raise ValueError(f"model.quantization={quantization!r} is not one of: none, int8, nf4, fp4")
+    raise ConfigError(f"model.quantization={quantization!r} is not one of: none, int8, nf4, fp4")
 
 
 def load_causal_lm(
@@ -59,7 +63,7 @@ def load_causal_lm(
     from transformers import AutoModelForCausalLM
 
     if dtype not in DTYPES:
-        raise ValueError(f"model.dtype={dtype!r} is not one of: {', '.join(DTYPES)}")
+        raise ConfigError(f"model.dtype={dtype!r} is not one of: {', '.join(DTYPES)}")
     kwargs: dict[str, Any] = {"dtype": DTYPES[dtype], "trust_remote_code": trust_remote_code}
     if quantization != "none":
         compute = "bfloat16" if dtype == "float32" else dtype
@@ -87,7 +91,7 @@ def lora_targets(model: nn.Module, target_modules: list[str] | str = "auto") -> 
         Layer names for PEFT's ``target_modules`` (``"all-linear"`` for unknown architectures).
 
     Raises:
-        ValueError: a target matches no linear layer; the message lists the ones there are.
+        ConfigError: a target matches no linear layer; the message lists the ones there are.
     """
     if target_modules == "auto":
         return LORA_PRESETS.get(getattr(model.config, "model_type", ""), "all-linear")
@@ -98,7 +102,7 @@ def lora_targets(model: nn.Module, target_modules: list[str] | str = "auto") -> 
     # PEFT matches a target against the end of a module's name: q_proj, or self_attn.q_proj
     missing = [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in full_names)]
     if missing:
-        raise ValueError(
+        raise ConfigError(
             f"model.target_modules: {missing} match no linear layer of this "
             f"{getattr(model.config, 'model_type', type(model).__name__)} model. Available: {', '.join(available)} "
             "(or use auto for the architecture's preset, all-linear for every linear layer but the head)"
@@ -166,12 +170,68 @@ def build_network(
     return net.train()  # from_pretrained returns eval mode, and Lightning keeps each submodule's mode
 
 
-def merge_adapter(
-    adapter_dir: str, output_dir: str, base: str | None = None, dtype: str = "float32", trust_remote_code: bool = False
-) -> str:
-    """Fold a saved LoRA adapter into full-precision base weights and save a plain HF folder with the tokenizer.
+BASE_RECORD = "base_weights.json"  # in an adapter folder: how the frozen base was loaded for training
+BaseWeights = Literal["trained", "original"]
 
-    The base loads unquantized (also after QLoRA training), so the merged weights are exact.
+
+def save_base_record(adapter_dir: str | Path, quantization: Quantization, dtype: str, double_quant: bool) -> None:
+    """Record in ``adapter_dir`` how the frozen base was loaded for training, so that a merge can load it alike."""
+    record = {"quantization": quantization, "dtype": dtype, "double_quant": double_quant}
+    (Path(adapter_dir) / BASE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def read_base_record(adapter_dir: str | Path) -> dict[str, Any] | None:
+    """The record :func:`save_base_record` wrote, or ``None`` for an adapter saved without one."""
+    file = Path(adapter_dir) / BASE_RECORD
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
+def describe_base(base: str, record: dict[str, Any] | None, base_weights: BaseWeights) -> str:
+    """One line saying which weights of ``base`` an adapter is merged into."""
+    if base_weights == "original":
+        return f"the original (unquantized) weights of {base}, as asked (--base_weights original)"
+    if record is None:
+        return f"the original weights of {base} (the adapter has no {BASE_RECORD}: assumed trained on those)"
+    if record["quantization"] == "none":
+        return f"the {record['dtype']} weights of {base} (the weights the adapter was trained against)"
+    quant = record["quantization"].upper() + (" with double quantization" if record.get("double_quant") else "")
+    return f"the {quant}-dequantized weights of {base} (the weights the adapter was trained against)"
+
+
+def load_base_as_trained(
+    base: str, record: dict[str, Any] | None, dtype: str = "float32", trust_remote_code: bool = False
+) -> nn.Module:
+    """The base model with the weights an adapter was trained against, as plain ``dtype`` layers.
+
+    With ``record`` (:func:`save_base_record`) it loads the base the way training did: quantized weights are
+    quantized again (the same deterministic rounding) and dequantized, so each linear layer holds exactly the
+    weights the 4/8-bit layer multiplied with; layers that stayed unquantized keep their training-time rounding.
+    Without a record: the base as stored.
+    """
+    if record is None:
+        return load_causal_lm(base, dtype=dtype, trust_remote_code=trust_remote_code)
+    net = load_causal_lm(base, record["quantization"], record["dtype"], "cpu", record.get("double_quant", True),
+                         trust_remote_code)  # fmt: skip
+    if record["quantization"] != "none":
+        net = net.dequantize(dtype=DTYPES[dtype])  # Linear4bit / Linear8bitLt → nn.Linear, quantization config gone
+    return net.to(DTYPES[dtype])
+
+
+def merge_adapter(
+    adapter_dir: str,
+    output_dir: str,
+    base: str | None = None,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    base_weights: BaseWeights = "trained",
+) -> str:
+    """Fold a saved LoRA adapter into its base weights and save a plain HF folder with the tokenizer.
+
+    The adapter learned a correction to the weights it was trained against. After QLoRA those are the NF4
+    weights, dequantized, not the original ones; merging into the original weights would add the quantization
+    error back (notes/06 measures the gap). ``base_weights="trained"`` therefore merges into the weights recorded
+    in the adapter's ``base_weights.json`` (dequantized when they were quantized); the merged model computes what
+    the quantized base + adapter computed, in full precision.
 
     Args:
         adapter_dir: a PEFT adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``).
@@ -179,31 +239,39 @@ def merge_adapter(
         base: the base model; default: the one recorded in the adapter config.
         dtype: weight dtype of the merged model.
         trust_remote_code: allow a base model whose code lives on the hub.
+        base_weights: ``trained``: the weights the adapter was trained against; ``original``: the unquantized base.
 
     Returns:
-        ``output_dir``.
-    """
-    import json
-    from pathlib import Path
+        A line saying what was merged into which weights, and where it went.
 
+    Raises:
+        MissingFileError: ``adapter_dir`` holds no adapter.
+    """
     from peft import PeftModel
-    from transformers import AutoTokenizer
 
     config_file = Path(adapter_dir) / "adapter_config.json"
     if not config_file.is_file():
-        raise FileNotFoundError(f"--adapter_dir: {config_file} does not exist; point it at a saved LoRA adapter")
+        raise MissingFileError(f"--adapter_dir: {config_file} does not exist; point it at a saved LoRA adapter")
+    if base_weights not in ("trained", "original"):
+        raise ConfigError(f"--base_weights={base_weights!r} is not one of: trained, original")
     base = base or json.loads(config_file.read_text())["base_model_name_or_path"]
-    model = PeftModel.from_pretrained(load_causal_lm(base, dtype=dtype, trust_remote_code=trust_remote_code),
-                                      adapter_dir)  # fmt: skip
-    merged = model.merge_and_unload()
+    record = read_base_record(adapter_dir)
+    net = load_base_as_trained(base, record if base_weights == "trained" else None, dtype, trust_remote_code)
+    merged = PeftModel.from_pretrained(net, adapter_dir).merge_and_unload()
     merged.save_pretrained(output_dir)
     tokenizer_source = adapter_dir if (Path(adapter_dir) / "tokenizer_config.json").exists() else base
-    from_pretrained(AutoTokenizer, tokenizer_source, "--base",
-                    trust_remote_code=trust_remote_code).save_pretrained(output_dir)  # fmt: skip
-    return output_dir
+    load_tokenizer(tokenizer_source, trust_remote_code, "--base").save_pretrained(output_dir)
+    return f"{adapter_dir} merged into {describe_base(base, record, base_weights)}: {dtype} model in {output_dir}"
 
 
-def merge(adapter_dir: str, output_dir: str, base: str | None = None, dtype: str = "float32") -> None:
+def merge(
+    adapter_dir: str,
+    output_dir: str,
+    base: str | None = None,
+    dtype: str = "float32",
+    base_weights: BaseWeights = "trained",
+    trust_remote_code: bool = False,
+) -> None:
     """``llm-course merge``: fold a LoRA adapter into its base model and save a plain Hugging Face folder.
 
     Args:
@@ -211,5 +279,8 @@ def merge(adapter_dir: str, output_dir: str, base: str | None = None, dtype: str
         output_dir: where the merged model and tokenizer go.
         base: base model name or folder; default: the one recorded in the adapter.
         dtype: float32, bfloat16 or float16.
+        base_weights: ``trained`` (default): the weights the adapter was trained against, after QLoRA the
+            NF4-dequantized ones; ``original``: the unquantized base weights.
+        trust_remote_code: allow a base model whose code lives on the hub (off unless you trust the repo).
     """
-    print(merge_adapter(adapter_dir, output_dir, base, dtype))
+    print(merge_adapter(adapter_dir, output_dir, base, dtype, trust_remote_code, base_weights))

@@ -9,7 +9,7 @@ time, and recomputes each chunk in backward (``torch.utils.checkpoint``), so at 
 The value and the gradients equal the model's own loss (tests/test_sft_loss.py).
 """
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -36,14 +36,21 @@ def causal_lm_loss(
     attention_mask: torch.Tensor | None,
     labels: torch.Tensor,
     chunk_size: int = 0,
+    reduction: Literal["mean", "sum"] = "mean",
 ) -> torch.Tensor:
-    """Mean next-token cross entropy over the positions whose label is not -100 (as Hugging Face computes it).
+    """Next-token cross entropy over the positions whose label is not -100 (as Hugging Face computes it).
 
     ``chunk_size`` = 0 calls the model with ``labels`` (full logits); > 0 computes the head and the loss on that
     many response tokens at a time. ``net`` is a ``*ForCausalLM`` model or a PEFT model wrapping one.
+    ``reduction="sum"`` adds the tokens' losses instead of averaging them, so that the caller can divide by the
+    token count of several batches together (token-weighted gradient accumulation, ``sft/module.py``).
     """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction={reduction!r} is not one of: mean, sum")
     if chunk_size <= 0:
-        return net(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        loss = net(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        # the model only averages; mean × count is the sum, gradients included
+        return loss * (labels[:, 1:] != IGNORE_INDEX).sum() if reduction == "sum" else loss
     model = unwrap(net)
     transforms = [k for k in _LOGIT_TRANSFORMS if getattr(model.config, k, None) not in (None, 1, 1.0)]
     if transforms:
@@ -62,4 +69,6 @@ def causal_lm_loss(
             total = total + checkpoint(_chunk_loss, head, hidden[part], targets[part], use_reentrant=False)
         else:
             total = total + _chunk_loss(head, hidden[part], targets[part])
+    if reduction == "sum":
+        return total
     return total / len(targets)  # no response token: 0 / 0 = nan, as the model's own loss gives

@@ -1,6 +1,5 @@
 """LightningModule for Module 6: supervised fine-tuning of a causal LM, full or LoRA, on plain or 4/8-bit weights."""
 
-import inspect
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -8,19 +7,23 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torchmetrics import MeanMetric
 
+from llm_course.errors import ConfigError
 from llm_course.sft.lora import Quantization, build_network
 from llm_course.sft.loss import causal_lm_loss, unwrap
-from llm_course.sft.prompts import IGNORE_INDEX, encode, prompt_text
+from llm_course.sft.prompts import IGNORE_INDEX, encode, load_tokenizer, prompt_text
 from llm_course.training import checkpoint_callbacks, maybe_compile
 
 
 class CausalLMFineTuner(L.LightningModule):
     """Instruction tuning with the loss on response tokens: full fine-tuning, LoRA, or QLoRA (nf4 + LoRA).
 
-    The network is built in ``configure_model`` (on the Trainer's device, as bitsandbytes requires). With
+    The network and its tokenizer are built in ``configure_model`` (on the Trainer's device, as bitsandbytes
+    requires); the tokenizer comes from ``model_name_or_path`` with the DataModule's rule, never from the
+    DataModule itself. Gradient accumulation is token-weighted: every response token in an optimizer step
+    counts the same, whatever the length of its micro-batch (see ``on_after_backward``). With
     LoRA, checkpoints hold the trainable weights only (a few MB instead of the whole model); the frozen
     base comes from ``model_name_or_path`` again when a checkpoint is loaded. After ``fit`` the best
     weights are saved to ``<run>/adapter/`` (PEFT format, with the tokenizer) and merged into a plain
@@ -46,7 +49,8 @@ class CausalLMFineTuner(L.LightningModule):
         max_new_tokens: length of those answers.
         merge_on_fit_end: also write the merged model after a LoRA fit.
         compile: apply ``torch.compile`` to the network.
-        trust_remote_code: allow models whose code lives on the hub.
+        trust_remote_code: allow models whose code lives on the hub. Taken from the caller only: it is not saved
+            with the hyperparameters, and ``load_from_checkpoint`` ignores a value a checkpoint carries.
     """
 
     def __init__(
@@ -73,18 +77,25 @@ class CausalLMFineTuner(L.LightningModule):
     ) -> None:
         super().__init__()
         if quantization != "none" and finetune == "full":
-            raise ValueError(
+            raise ConfigError(
                 f"model.quantization={quantization} with model.finetune=full: quantized weights cannot be trained "
                 "directly. Use model.finetune=lora (with nf4 that is QLoRA) or model.quantization=none."
             )
         if loss_chunk_size < 0:
-            raise ValueError(f"model.loss_chunk_size={loss_chunk_size}: use 0 (off) or a number of tokens, e.g. 256")
-        self.save_hyperparameters(ignore=["optimizer"])
+            raise ConfigError(f"model.loss_chunk_size={loss_chunk_size}: use 0 (off) or a number of tokens, e.g. 256")
+        self.save_hyperparameters(ignore=["optimizer", "trust_remote_code"])  # a checkpoint must not switch it on
         self.optimizer = optimizer
+        self.trust_remote_code = trust_remote_code
         self.net: Any = None
         self.tokenizer: Any = None
+        self._window_tokens: torch.Tensor | None = None  # response tokens of this accumulation window, this rank
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.strict_loading = finetune == "full"  # LoRA checkpoints hold the adapter weights only
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, trust_remote_code: bool = False, **kwargs: Any):
+        """Lightning's ``load_from_checkpoint``, with ``trust_remote_code`` from the caller only (default off)."""
+        return super().load_from_checkpoint(checkpoint_path, *args, trust_remote_code=trust_remote_code, **kwargs)
 
     def configure_model(self) -> None:
         if self.net is not None:
@@ -94,8 +105,13 @@ class CausalLMFineTuner(L.LightningModule):
     def build(self, device: torch.device | str = "cpu") -> None:
         """Load the network for this configuration (quantized weights go straight to ``device``)."""
         hp = self.hparams
-        shared = inspect.signature(build_network).parameters.keys() & hp.keys()  # same names, same meaning
-        self.net = build_network(device=device, **{k: hp[k] for k in shared})
+        self.net = build_network(
+            hp.model_name_or_path, finetune=hp.finetune, quantization=hp.quantization, dtype=hp.dtype, device=device,
+            lora_r=hp.lora_r, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout,
+            target_modules=hp.target_modules, double_quant=hp.double_quant,
+            gradient_checkpointing=hp.gradient_checkpointing, trust_remote_code=self.trust_remote_code,
+        )  # fmt: skip
+        self._tokenizer()
         # the chunked loss calls the decoder itself, so that is what gets compiled
         maybe_compile(unwrap(self.net).get_decoder() if hp.loss_chunk_size else self.net, hp.compile)
 
@@ -106,19 +122,49 @@ class CausalLMFineTuner(L.LightningModule):
         return self.net(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
 
     def _shared_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
-        # the mean cross entropy over the response tokens of the batch (labels shifted by one)
-        loss = causal_lm_loss(self.net, batch["input_ids"], batch["attention_mask"], batch["labels"],
-                              self.hparams.loss_chunk_size)  # fmt: skip
+        """The summed cross entropy over the batch's response tokens (labels shifted by one); logs the mean."""
+        total = causal_lm_loss(self.net, batch["input_ids"], batch["attention_mask"], batch["labels"],
+                               self.hparams.loss_chunk_size, reduction="sum")  # fmt: skip
         tokens = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+        loss = total.detach().float() / tokens  # per-token mean
         if stage == "train":
             self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["labels"]))
             self.log("train/tokens", tokens.float(), on_step=True, on_epoch=False, reduce_fx="sum")
+            self._window_tokens = tokens if self._window_tokens is None else self._window_tokens + tokens
         else:
-            getattr(self, f"{stage}_loss").update(loss.detach().float(), weight=tokens)  # token-weighted mean
-        return loss
+            getattr(self, f"{stage}_loss").update(loss, weight=tokens)  # token-weighted mean
+        return total
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        # backward runs on the sum; on_after_backward divides the window's gradients by its token count
         return self._shared_step(batch, "train")
+
+    def on_fit_start(self) -> None:
+        if self.trainer.strategy.handles_gradient_accumulation:
+            raise ConfigError(
+                f"trainer.strategy={type(self.trainer.strategy).__name__} accumulates gradients itself; "
+                "CausalLMFineTuner weights accumulated micro-batches by tokens and needs Lightning's accumulation "
+                "(use the auto, ddp or fsdp strategy)"
+            )
+
+    def on_after_backward(self) -> None:
+        """At the last micro-batch of an accumulation window, turn the gradients into those of the token mean.
+
+        Each micro-batch's backward ran on its summed loss, which Lightning divides by ``accumulate_grad_batches``
+        (K), and DDP averages the gradients over the W ranks: they hold the gradient of (the sum of every token's
+        loss in the window, on all ranks) / (K W). Scaling by K W / N, where N counts the window's response tokens
+        on all ranks, gives the gradient of the mean over those N tokens, so a token of a short response counts
+        as much as one of a long response (what Hugging Face's ``num_items_in_batch`` does). This hook runs before
+        ``on_before_optimizer_step`` (the NaN guard's grad norm), gradient clipping and the optimizer step.
+        """
+        if self.trainer.fit_loop._should_accumulate() or self._window_tokens is None:
+            return  # not the window's last micro-batch: keep adding gradients
+        tokens = self.trainer.strategy.reduce(self._window_tokens.float(), reduce_op="sum")  # collective: all ranks
+        self._window_tokens = None
+        scale = self.trainer.accumulate_grad_batches * self.trainer.world_size / tokens.clamp_min(1)
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if grads:
+            torch._foreach_mul_(grads, scale.to(grads[0].device))
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._shared_step(batch, "val")
@@ -141,15 +187,9 @@ class CausalLMFineTuner(L.LightningModule):
         self._log_loss("test")
 
     def _tokenizer(self) -> Any:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer else None
-        if getattr(dm, "tokenizer", None) is not None:
-            return dm.tokenizer
-        if self.tokenizer is None:  # no DataModule (e.g. a module built in Python): load it the same way
-            from llm_course.sft.data import InstructionDataModule
-
-            hp = self.hparams
-            self.tokenizer = InstructionDataModule(hp.model_name_or_path,
-                                                   trust_remote_code=hp.trust_remote_code).load_tokenizer()  # fmt: skip
+        """This model's tokenizer, loaded once with the same rule (pad token) as the DataModule's."""
+        if self.tokenizer is None:
+            self.tokenizer = load_tokenizer(self.hparams.model_name_or_path, self.trust_remote_code)
         return self.tokenizer
 
     @torch.no_grad()
@@ -190,7 +230,7 @@ class CausalLMFineTuner(L.LightningModule):
             return
         missing = sorted(n for n, p in self.named_parameters() if p.requires_grad and n not in checkpoint["state_dict"])
         if missing:
-            raise ValueError(
+            raise ConfigError(
                 f"the checkpoint lacks {len(missing)} adapter weights of this model (e.g. {missing[0]}): it was "
                 "saved with other LoRA settings (model.target_modules, model.lora_r) or another model. Resume with "
                 "the config the checkpoint was trained with (its run directory has config.yaml)."
@@ -209,18 +249,19 @@ class CausalLMFineTuner(L.LightningModule):
 
     def save_hf(self, run_dir: Path) -> None:
         """Write ``adapter/`` (LoRA) and ``hf_model/`` (merged or full weights), each with the tokenizer."""
-        from llm_course.sft.lora import merge_adapter
+        from llm_course.sft.lora import merge_adapter, save_base_record
 
-        tokenizer = self._tokenizer()
-        if self.hparams.finetune == "full":
+        tokenizer, hp = self._tokenizer(), self.hparams
+        if hp.finetune == "full":
             self.net.save_pretrained(run_dir / "hf_model")
             tokenizer.save_pretrained(run_dir / "hf_model")
             return
         self.net.save_pretrained(run_dir / "adapter")
         tokenizer.save_pretrained(run_dir / "adapter")
-        if self.hparams.merge_on_fit_end:
-            merge_adapter(str(run_dir / "adapter"), str(run_dir / "hf_model"),
-                          trust_remote_code=self.hparams.trust_remote_code)  # fmt: skip
+        save_base_record(run_dir / "adapter", hp.quantization, hp.dtype, hp.double_quant)  # so merges load it alike
+        if hp.merge_on_fit_end:
+            rank_zero_info(merge_adapter(str(run_dir / "adapter"), str(run_dir / "hf_model"),
+                                         trust_remote_code=self.trust_remote_code))  # fmt: skip
 
     def configure_optimizers(self) -> dict[str, Any]:
         from transformers import get_scheduler

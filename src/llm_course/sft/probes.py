@@ -86,9 +86,50 @@ def train_probe(mode: str, model: str, batch_size: int, seq_len: int, steps: int
     }
 
 
+class TokenClock:
+    """A ``generate`` streamer that notes when each new token reaches the host.
+
+    ``generate`` hands the streamer the prompt first (skipped), then every generated token as it is chosen;
+    moving it to the host waits for the device, so the times are the tokens' real arrival times.
+    """
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if self._prompt_seen:
+            self.times.append(time.perf_counter())
+        self._prompt_seen = True
+
+    def end(self) -> None:
+        pass
+
+
+def timed_generate(net: Any, inputs: dict[str, torch.Tensor], max_new_tokens: int,
+                   pad_token_id: int | None) -> tuple[torch.Tensor, float, float]:  # fmt: skip
+    """Exactly ``max_new_tokens`` greedy tokens, timed apart: prefill and decode.
+
+    Returns:
+        The output ids, the time to first token (prompt processing + the first step, in seconds) and the decode
+        speed: tokens after the first / seconds after the first (nan for a single token).
+    """
+    clock = TokenClock()
+    start = time.perf_counter()
+    out = net.generate(**inputs, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False,
+                       pad_token_id=pad_token_id, streamer=clock)  # fmt: skip
+    first, last = clock.times[0], clock.times[-1]
+    decode = (len(clock.times) - 1) / (last - first) if len(clock.times) > 1 and last > first else math.nan
+    return out, first - start, decode
+
+
 def inference_probe(mode: str, model: str, prompts: list[str], examples: list[dict[str, list[int]]],
                     max_new_tokens: int) -> dict[str, Any]:  # fmt: skip
-    """Footprint, time to first token, decoding speed and response perplexity of one weight format."""
+    """Footprint, time to first token, decode speed and response perplexity of one weight format.
+
+    Each prompt is generated once (after one untimed warm-up generation); the time to first token covers the
+    prompt's forward pass (prefill) and the first greedy step, the decode speed only the tokens after it.
+    """
     from transformers import AutoTokenizer
 
     from llm_course.assets import from_pretrained
@@ -104,18 +145,17 @@ def inference_probe(mode: str, model: str, prompts: list[str], examples: list[di
     net.eval()
     loaded_mb = current_mb(device) - baseline
     tokenizer = from_pretrained(AutoTokenizer, model)
-    first_token, per_token, answers = [], [], []
+    first_token, decode, answers, prompt_tokens = [], [], [], []
     with torch.no_grad():
-        for prompt in prompts:
+        for i, prompt in enumerate(prompts):
             ids = torch.tensor([encode(tokenizer, prompt_text(tokenizer, [{"role": "user", "content": prompt}]))])
             inputs = {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}
-            start = time.perf_counter()
-            net.generate(**inputs, max_new_tokens=1, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-            first_token.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            out = net.generate(**inputs, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
-                               do_sample=False, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-            per_token.append((time.perf_counter() - start) / max_new_tokens)
+            if i == 0:  # warm-up: first-call costs (kernel selection, allocations) stay out of the numbers
+                timed_generate(net, inputs, 2, tokenizer.pad_token_id)
+            out, ttft, tokens_per_second = timed_generate(net, inputs, max_new_tokens, tokenizer.pad_token_id)
+            first_token.append(ttft)
+            prompt_tokens.append(ids.shape[1])
+            decode.append(tokens_per_second)
             answers.append(tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
         loss_sum, tokens = 0.0, 0
         for ex in examples:
@@ -129,8 +169,9 @@ def inference_probe(mode: str, model: str, prompts: list[str], examples: list[di
         **INFER_MODES[mode],
         "footprint_mb": round(net.get_memory_footprint() / 2**20, 1),
         "loaded_mb": round(loaded_mb, 1),
+        "prompt_tokens": statistics.median(prompt_tokens),
         "time_to_first_token_s": round(statistics.median(first_token), 4),
-        "tokens_per_second": round(1 / statistics.median(per_token), 2),
+        "decode_tokens_per_second": round(statistics.median(decode), 2),
         "response_loss": round(loss_sum / max(tokens, 1), 4),
         "perplexity": round(math.exp(loss_sum / max(tokens, 1)), 3),
         "eval_tokens": tokens,

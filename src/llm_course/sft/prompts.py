@@ -9,6 +9,8 @@ before each reply), so ``CrossEntropyLoss`` ignores them.
 
 from typing import Any
 
+from llm_course.errors import ConfigError
+
 IGNORE_INDEX = -100  # the ignore_index of torch's cross entropy and of Hugging Face's causal-LM loss
 
 ALPACA_PROMPT = (
@@ -22,18 +24,36 @@ ALPACA_PROMPT_WITH_INPUT = (
 )
 
 
+def load_tokenizer(
+    name_or_path: str, trust_remote_code: bool = False, flag: str = "--model.init_args.model_name_or_path"
+) -> Any:
+    """The tokenizer of ``name_or_path`` (through the asset resolver), with a pad token.
+
+    The one loader for Module 6: the DataModule, the LightningModule and ``merge`` all call it, so they pad alike.
+    A tokenizer without a pad token (GPT-2 and friends) pads with EOS: pads are masked out of attention and loss.
+    """
+    from transformers import AutoTokenizer
+
+    from llm_course.assets import from_pretrained
+
+    tokenizer = from_pretrained(AutoTokenizer, name_or_path, flag, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def to_messages(record: dict[str, Any]) -> list[dict[str, str]]:
     """Chat messages of an Alpaca or chat record.
 
     Raises:
-        ValueError: the record has neither ``messages`` nor ``instruction`` + ``output``.
+        ConfigError: the record has neither ``messages`` nor ``instruction`` + ``output``.
     """
     if record.get("messages"):
         return [{"role": m["role"], "content": m["content"]} for m in record["messages"]]
     if "instruction" in record and "output" in record:
         user = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
         return [{"role": "user", "content": user}, {"role": "assistant", "content": record["output"]}]
-    raise ValueError(
+    raise ConfigError(
         f"instruction record with keys {sorted(record)}: expected Alpaca fields (instruction, input, output) "
         "or chat messages (messages: [{role, content}, ...])"
     )
@@ -70,7 +90,7 @@ def alpaca_segments(tokenizer: Any, record: dict[str, Any]) -> list[tuple[str, b
     if record.get("messages"):
         roles = [m["role"] for m in record["messages"]]
         if roles != ["user", "assistant"]:
-            raise ValueError(
+            raise ConfigError(
                 f"a chat record with turns {roles} needs a tokenizer with a chat template; without one only "
                 "[user, assistant] pairs (or Alpaca records) can be formatted"
             )
@@ -111,7 +131,7 @@ def segments(tokenizer: Any, messages: list[dict[str, str]]) -> list[tuple[str, 
 
 def _extend(done: str, text: str) -> str:
     if not text.startswith(done):
-        raise ValueError("the chat template does not render conversations prefix by prefix; cannot mask the prompt")
+        raise ConfigError("the chat template does not render conversations prefix by prefix; cannot mask the prompt")
     return text[len(done) :]
 
 

@@ -2,6 +2,9 @@
 
 import hashlib
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -11,9 +14,10 @@ from datasets import ClassLabel, Dataset, DatasetDict, load_from_disk
 from torch.utils.data import DataLoader
 
 from llm_course.assets import cache_dir, from_pretrained
-from llm_course.loaders import make_loader
+from llm_course.errors import ConfigError
+from llm_course.loaders import check_fractions, make_loader
 from llm_course.text.sampling import LengthGroupedSampler, SortedSampler
-from llm_course.text.sources import load_aclimdb, load_files, load_hub
+from llm_course.text.sources import aclimdb_files, load_aclimdb, load_files, load_hub
 
 NO_SOURCE = (
     "no text data given: set data.dataset (hub name, e.g. stanfordnlp/imdb), data.train_file/test_file "
@@ -27,11 +31,14 @@ class TextClassificationDataModule(L.LightningDataModule):
     Sources, first match wins: local files (``train_file`` + optional ``val_file``/``test_file``), then
     ``aclimdb_dir``, then the hub ``dataset`` (so a config naming a hub dataset runs offline on local copies).
     Without a validation split, ``val_fraction`` of train is held out with a seeded generator.
-    Tokenized splits are saved under ``<cache>/tokenized/<fingerprint>`` (the fingerprint covers
-    the source files, the tokenizer and every setting that changes the tokens), so a second run skips it.
+    Tokenized splits are saved under ``<cache>/tokenized/<fingerprint>`` (the fingerprint covers the
+    source files' paths, sizes and modification times, the tokenizer and every setting that changes the
+    tokens), so a second run skips it. Parallel runs with the same settings take a file lock and write
+    through a private temporary folder, so the first one tokenizes and the others reuse its result.
 
     Args:
-        model_name_or_path: tokenizer to use (the CLI links it to the model's); ``minilm`` works offline.
+        model_name_or_path: tokenizer to use; ``minilm`` works offline. The CLI sets it from
+            ``--model.init_args.model_name_or_path``, the flag that error messages name.
         dataset: hub dataset name, e.g. ``stanfordnlp/imdb`` or ``ag_news``.
         train_file: local training file (``.jsonl``, ``.jsonl.gz``, ``.csv``, ``.parquet``).
         val_file: local validation file.
@@ -84,6 +91,7 @@ class TextClassificationDataModule(L.LightningDataModule):
         cache: str | None = None,
     ) -> None:
         super().__init__()
+        check_fractions(val_fraction)
         self.save_hyperparameters()
         self.label_names: list[str] = list(label_names or [])
         self._tokenizer = None
@@ -93,17 +101,35 @@ class TextClassificationDataModule(L.LightningDataModule):
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
+            # In the CLI this value comes from the model's flag (a link), so that is the flag to name.
             self._tokenizer = from_pretrained(
-                AutoTokenizer, self.hparams.model_name_or_path, "--data.init_args.model_name_or_path"
+                AutoTokenizer, self.hparams.model_name_or_path, "--model.init_args.model_name_or_path"
             )
         return self._tokenizer
 
     # ---- raw data -----------------------------------------------------------------------------------------
     def _source_id(self) -> dict:
+        """What the raw data is: the hub name, and each local file's absolute path, size and mtime.
+
+        An ``aclImdb/`` folder counts as every review file it is read from: editing one review changes its
+        size or mtime but not the folder's, so the folder's own stat would miss it. The stat walk over 50,000
+        reviews takes well under a second.
+        """
         hp = self.hparams
-        files = {k: getattr(hp, k) for k in ("train_file", "val_file", "test_file", "aclimdb_dir") if getattr(hp, k)}
-        stamp = {k: [v, Path(v).stat().st_size, Path(v).stat().st_mtime] for k, v in files.items() if Path(v).exists()}
-        return {"dataset": hp.dataset, **files, "stamp": stamp}
+
+        def stat(path: Path) -> list:
+            info = path.stat()
+            return [str(path.resolve()), info.st_size, info.st_mtime_ns]
+
+        files = {k: getattr(hp, k) for k in ("train_file", "val_file", "test_file") if getattr(hp, k)}
+        stamp = {k: stat(Path(v)) for k, v in files.items() if Path(v).is_file()}
+        if hp.aclimdb_dir:
+            walk = hashlib.sha1()
+            for split, items in aclimdb_files(hp.aclimdb_dir).items():
+                for label, path in items:
+                    walk.update(json.dumps([split, label, *stat(path)]).encode())
+            stamp["aclimdb_dir"] = [str(Path(hp.aclimdb_dir).resolve()), walk.hexdigest()]
+        return {"dataset": hp.dataset, **files, "aclimdb_dir": hp.aclimdb_dir, "stamp": stamp}
 
     def _load_raw(self) -> DatasetDict:
         hp = self.hparams
@@ -115,12 +141,12 @@ class TextClassificationDataModule(L.LightningDataModule):
         elif hp.dataset:
             raw = load_hub(hp.dataset)
         else:
-            raise ValueError(NO_SOURCE)
+            raise ConfigError(NO_SOURCE)
         for split, ds in raw.items():
             for col in (hp.text_column, hp.label_column):
                 if col not in ds.column_names:
                     key = "text_column" if col == hp.text_column else "label_column"
-                    raise ValueError(
+                    raise ConfigError(
                         f"data.{key}={col!r} is not a column of the {split} split; columns: {ds.column_names}"
                     )
         return raw
@@ -168,13 +194,35 @@ class TextClassificationDataModule(L.LightningDataModule):
     def cache_path(self) -> Path:
         return Path(self.hparams.cache or cache_dir()) / "tokenized" / self._fingerprint()
 
+    def _cached(self) -> bool:
+        return (self.cache_path / "dataset_dict.json").is_file() and (self.cache_path / "label_names.json").is_file()
+
     def prepare_data(self) -> None:
         hp = self.hparams
         predicting = self.trainer is not None and self.trainer.predicting
         if predicting or not (hp.dataset or hp.train_file or hp.test_file or hp.aclimdb_dir):
             return  # predict needs only predict_texts / predict_file
-        if (self.cache_path / "dataset_dict.json").exists():
+        if self._cached():
             return
+        self.tokenizer  # noqa: B018  -- an unavailable model fails here, before any data is read
+        from filelock import FileLock
+
+        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{self.cache_path}.lock"):  # one writer per fingerprint; the others wait, then reuse
+            if self._cached():
+                return
+            splits, names = self._tokenize()
+            tmp = Path(tempfile.mkdtemp(prefix=f".{self.cache_path.name}-", suffix=".tmp", dir=self.cache_path.parent))
+            try:
+                DatasetDict(splits).save_to_disk(str(tmp))
+                (tmp / "label_names.json").write_text(json.dumps(names))
+                publish(tmp, self.cache_path)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def _tokenize(self) -> tuple[dict[str, Dataset], list[str]]:
+        """Read the raw splits, carve out validation, subsample and tokenize: the splits and the label names."""
+        hp = self.hparams
         raw = self._load_raw()
         names = self._labels(raw)
         if "validation" not in raw:
@@ -190,10 +238,7 @@ class TextClassificationDataModule(L.LightningDataModule):
                 labels = [names.index(v) for v in labels]
             ids = self.encode(list(ds[hp.text_column]))
             out[split] = Dataset.from_dict({"input_ids": ids, "labels": labels, "length": [len(x) for x in ids]})
-        tmp = self.cache_path.with_name(self.cache_path.name + ".tmp")
-        DatasetDict(out).save_to_disk(str(tmp))
-        (tmp / "label_names.json").write_text(json.dumps(names))
-        tmp.rename(self.cache_path)
+        return out, names
 
     def setup(self, stage: str | None = None) -> None:
         if stage == "predict":
@@ -201,15 +246,15 @@ class TextClassificationDataModule(L.LightningDataModule):
             if self.hparams.predict_file:
                 texts += [t for t in Path(self.hparams.predict_file).read_text().splitlines() if t.strip()]
             if not texts:
-                raise ValueError("llm-course predict needs data.predict_texts or data.predict_file")
+                raise ConfigError("llm-course predict needs data.predict_texts or data.predict_file")
             self.predict_texts = texts
             self.predict_set = Dataset.from_dict({"input_ids": self.encode(texts)})
-            if not (self.cache_path / "dataset_dict.json").exists():
+            if not self._cached():
                 return
         if not hasattr(self, "splits"):
             self.prepare_data()  # a no-op when Lightning already ran it (rank 0) or the cache exists
-            if not (self.cache_path / "dataset_dict.json").exists():
-                raise ValueError(NO_SOURCE)
+            if not self._cached():
+                raise ConfigError(NO_SOURCE)
             self.splits = load_from_disk(str(self.cache_path))
             self.label_names = self.label_names or json.loads((self.cache_path / "label_names.json").read_text())
 
@@ -240,9 +285,29 @@ class TextClassificationDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         if "test" not in self.splits:
-            raise ValueError("no test split: give data.test_file, or a dataset / aclimdb_dir that has one")
+            raise ConfigError("no test split: give data.test_file, or a dataset / aclimdb_dir that has one")
         return self._eval_loader(self.splits["test"])
 
     def predict_dataloader(self) -> DataLoader:
         # Unsorted, so predictions come back in the order of the input texts.
         return DataLoader(self.predict_set, batch_size=self.hparams.eval_batch_size, collate_fn=self.collate)
+
+
+def publish(tmp: Path, target: Path) -> None:
+    """Move the finished folder ``tmp`` to ``target`` in one atomic rename.
+
+    A complete ``target`` already there (another writer that finished first) is kept and ``tmp`` is left for
+    the caller to delete; an incomplete one (no ``label_names.json``, the last file written) is replaced.
+    """
+    try:
+        os.rename(tmp, target)  # atomic on one file system; fails if target is a non-empty folder
+        return
+    except OSError:
+        if not target.exists():
+            raise
+    if (target / "dataset_dict.json").is_file() and (target / "label_names.json").is_file():
+        return
+    stale = Path(tempfile.mkdtemp(prefix=f".{target.name}-", suffix=".stale", dir=target.parent))
+    os.replace(target, stale / target.name)
+    os.rename(tmp, target)
+    shutil.rmtree(stale, ignore_errors=True)

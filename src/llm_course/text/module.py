@@ -2,19 +2,17 @@
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
-import lightning as L
 import torch
-from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_only
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
-from llm_course.assets import from_pretrained
-from llm_course.training import checkpoint_callbacks, maybe_compile
-
-SCHEDULES = ("linear", "cosine", "constant")
+from llm_course.assets import from_pretrained, resolve_model
+from llm_course.errors import ConfigError
+from llm_course.training import TaskModule, maybe_compile
 
 
 def dropout_keys(config) -> list[str]:
@@ -22,8 +20,8 @@ def dropout_keys(config) -> list[str]:
     return [k for k, v in config.to_dict().items() if "dropout" in k and type(v) in (float, int)]
 
 
-class TextClassifier(L.LightningModule):
-    """A Hugging Face sequence classifier trained with AdamW and a warmup schedule.
+class TextClassifier(TaskModule):
+    """A Hugging Face sequence classifier fine-tuned end to end (AdamW and a warm-up schedule in the configs).
 
     The network is built in ``configure_model``, once the DataModule has read the data and knows the
     label names, which go into the HF config as ``id2label``. After ``fit`` the best checkpoint's weights
@@ -34,32 +32,40 @@ class TextClassifier(L.LightningModule):
         model_name_or_path: a hub id (``distilbert-base-uncased``), a local folder, or ``minilm`` (embedded).
         labels: class names, in label-id order; default: the DataModule's ``label_names``.
         optimizer: optimizer factory (AdamW by default).
-        schedule: learning-rate schedule after the warmup.
-        warmup_ratio: share of the optimizer steps spent warming up linearly from 0.
+        scheduler: learning-rate schedule, e.g. ``llm_course.training.WarmupDecayLR`` (linear warm-up, then
+            linear or cosine decay), stepped every optimizer step; none: a constant rate.
         dropout: set every dropout probability of the pretrained config (BERT's ``hidden_dropout_prob`` and
             ``attention_probs_dropout_prob``, DistilBERT's ``dropout``, ...) to this value; ``None`` keeps the
             pretrained values. On a CPU, attention dropout rules out PyTorch's fused attention kernel:
             ``0.0`` trains MiniLM 1.5x faster (notes/03).
         compile: apply ``torch.compile`` to the network.
-        trust_remote_code: allow models whose code lives on the hub (off unless you trust the repo).
+        trust_remote_code: allow models whose code lives on the hub (off unless you trust the repo). Taken from
+            the caller only: not saved with the hyperparameters, and ``load_from_checkpoint`` ignores a value a
+            checkpoint carries.
     """
+
+    checkpoint_monitor = ("val/f1", "max")
 
     def __init__(
         self,
         model_name_or_path: str = "minilm",
         labels: list[str] | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
-        schedule: Literal["linear", "cosine", "constant"] = "linear",
-        warmup_ratio: float = 0.06,
+        scheduler: LRSchedulerCallable | None = None,
         dropout: float | None = None,
         compile: bool = False,
         trust_remote_code: bool = False,
     ) -> None:
         super().__init__()
-        if dropout is not None and not 0.0 <= dropout < 1.0:  # checked before any data is read
-            raise ValueError(f"model.init_args.dropout={dropout}: must be in [0, 1); null keeps the model's own")
-        self.save_hyperparameters(ignore=["optimizer"])
-        self.optimizer = optimizer
+        # Checked before any data is read: a bad value or an unavailable model fails in seconds, not after
+        # tokenizing the data set. resolve_model is cheap (offline it looks in the local cache; online it
+        # returns the hub id) and names the flag the user set, not the DataModule's linked copy.
+        if dropout is not None and not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"model.init_args.dropout={dropout}: must be in [0, 1); null keeps the model's own")
+        resolve_model(model_name_or_path, "--model.init_args.model_name_or_path")
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "trust_remote_code"])  # never from a file
+        self.trust_remote_code = trust_remote_code
+        self.optimizer, self.scheduler = optimizer, scheduler
         self.net = None
         if labels:
             self._build(labels)
@@ -71,13 +77,13 @@ class TextClassifier(L.LightningModule):
         n = len(label_names)
         hp.labels = list(label_names)  # saved in checkpoints, so load_from_checkpoint rebuilds it
         config = from_pretrained(
-            AutoConfig, hp.model_name_or_path, flag, trust_remote_code=hp.trust_remote_code,
+            AutoConfig, hp.model_name_or_path, flag, trust_remote_code=self.trust_remote_code,
             num_labels=n, id2label=dict(enumerate(label_names)), label2id={v: i for i, v in enumerate(label_names)},
         )  # fmt: skip
         if hp.dropout is not None:
             config.update(dict.fromkeys(dropout_keys(config), hp.dropout))
         self.net = from_pretrained(AutoModelForSequenceClassification, hp.model_name_or_path, flag, config=config,
-                                   trust_remote_code=hp.trust_remote_code)  # fmt: skip
+                                   trust_remote_code=self.trust_remote_code)  # fmt: skip
         self.net.train()  # from_pretrained returns eval mode, and Lightning keeps each submodule's mode
         task = {"num_classes": n}
         metrics = MetricCollection({
@@ -90,6 +96,11 @@ class TextClassifier(L.LightningModule):
         self.test_metrics = metrics.clone(prefix="test/")
         self.test_confusion = MulticlassConfusionMatrix(**task)
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, trust_remote_code: bool = False, **kwargs: Any):
+        """Lightning's ``load_from_checkpoint``, with ``trust_remote_code`` from the caller only (default off)."""
+        return super().load_from_checkpoint(checkpoint_path, *args, trust_remote_code=trust_remote_code, **kwargs)
+
     def configure_model(self) -> None:
         if self.net is None:
             names = getattr(self.trainer.datamodule, "label_names", None) if self._trainer else None
@@ -98,13 +109,10 @@ class TextClassifier(L.LightningModule):
             self._build(names)
         maybe_compile(self.net, self.hparams.compile)
 
-    def configure_callbacks(self) -> list[L.Callback]:
-        return checkpoint_callbacks("val/f1", "max")
-
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.net(input_ids=input_ids, attention_mask=attention_mask).logits
 
-    def _shared_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+    def shared_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         logits = self(batch["input_ids"], batch["attention_mask"])
         loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"])
         metrics = getattr(self, f"{stage}_metrics")
@@ -122,15 +130,6 @@ class TextClassifier(L.LightningModule):
         values[f"{stage}/f1"] = f1[1] if f1.ndim else f1  # positive class under binary F1
         self.log_dict(values, prog_bar=stage == "val", sync_dist=False)
         getattr(self, f"{stage}_metrics").reset()
-
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, "train")
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._shared_step(batch, "val")
-
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._shared_step(batch, "test")
 
     def on_train_epoch_end(self) -> None:
         self._log_metrics("train")
@@ -170,13 +169,3 @@ class TextClassifier(L.LightningModule):
         tokenizer = getattr(self.trainer.datamodule, "tokenizer", None)
         if tokenizer is not None:
             tokenizer.save_pretrained(out)
-
-    def configure_optimizers(self):
-        from transformers import get_scheduler
-
-        optimizer = self.optimizer([p for p in self.parameters() if p.requires_grad])
-        total = int(self.trainer.estimated_stepping_batches)
-        name = "constant_with_warmup" if self.hparams.schedule == "constant" else self.hparams.schedule
-        scheduler = get_scheduler(name, optimizer, num_warmup_steps=int(total * self.hparams.warmup_ratio),
-                                  num_training_steps=total)  # fmt: skip
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

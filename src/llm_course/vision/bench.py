@@ -2,7 +2,9 @@
 
 from pathlib import Path
 
-from llm_course.reporting import fit_then_test, plot_confusion_matrix, plt, write_report
+from llm_course.bench import fit_then_test
+from llm_course.plotting import curves_and_confusion
+from llm_course.reports import write_report
 
 
 def bench_mnist(
@@ -49,16 +51,11 @@ def bench_mnist(
         "history": history,
     }
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 5))
-    epochs = [e["epoch"] for e in history]
-    ax1.plot(epochs, [e["val/acc"] for e in history], "o-", label="validation accuracy")
-    ax1.plot(epochs, [e.get("train/acc", float("nan")) for e in history], "s-", label="train accuracy")
-    ax1.axhline(results["test_acc"], color="k", ls="--", lw=1, label=f"test accuracy {results['test_acc']:.4f}")
-    ax1.set(
-        xlabel="epoch", ylabel="accuracy", ylim=(0.9, 1.0), title=f"MNIST, {results['train_samples']} training digits"
-    )
-    ax1.legend(loc="lower right")
-    plot_confusion_matrix(cm, dm.class_names, f"Test confusion matrix ({results['test_samples']} digits)", ax=ax2)
+    fig = curves_and_confusion(
+        history, "epoch", {"val/acc": "validation accuracy", "train/acc": "train accuracy"}, "test accuracy",
+        results["test_acc"], cm, dm.class_names, f"MNIST, {results['train_samples']} training digits",
+        f"Test confusion matrix ({results['test_samples']} digits)", ylim=(0.9, 1.0),
+    )  # fmt: skip
     path = write_report(output_dir, "mnist", results, fig)
     print(f"test_acc {results['test_acc']:.4f} on {results['test_samples']} digits, "
           f"train {results['train_seconds']} s -> {path}")  # fmt: skip

@@ -7,9 +7,10 @@ import lightning as L
 import numpy as np
 import torch
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, TensorDataset, random_split
+from torch.utils.data import DataLoader, TensorDataset
 
-from llm_course.loaders import make_loader
+from llm_course.errors import ConfigError, MissingFileError
+from llm_course.loaders import check_fractions, make_loader, split_indices
 from llm_course.vision.idx import read_idx
 
 SOURCES = ("mnist-5k", "mnist", "fashion-mnist")
@@ -36,7 +37,7 @@ def load_idx_pair(images: str | Path, labels: str | Path) -> tuple[torch.Tensor,
     """Images as uint8 ``(N, 28, 28)`` and labels as int64 ``(N,)``; raises if their counts differ."""
     x, y = read_idx(images), read_idx(labels)
     if x.ndim != 3 or len(x) != len(y):
-        raise ValueError(
+        raise ConfigError(
             f"{images} holds {x.shape} images but {labels} holds {len(y)} labels; expected (N, H, W) and N"
         )
     return torch.from_numpy(x.astype(np.uint8)), torch.from_numpy(y.astype(np.int64))
@@ -59,8 +60,9 @@ class VisionDataModule(L.LightningDataModule):
             torchvision when it is installed and the network allows.
         test_images: IDX images (plain or ``.gz``) of an external test set.
         test_labels: IDX labels matching ``test_images``.
-        val_fraction: share of the training rows held out for validation (model selection).
-        test_fraction: share of the rows held out for testing when there is no other test set.
+        val_fraction: share of the rows held out for validation (model selection).
+        test_fraction: share of the rows held out for testing when there is no other test set (ignored when
+            there is one).
         augment: random affine augmentation of training batches.
         rotation: maximum rotation in degrees.
         shift: maximum shift in pixels.
@@ -88,9 +90,10 @@ class VisionDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if source not in SOURCES:
-            raise ValueError(f"data.source={source!r} is not one of: {', '.join(SOURCES)}")
+            raise ConfigError(f"data.source={source!r} is not one of: {', '.join(SOURCES)}")
         if (test_images is None) != (test_labels is None):
-            raise ValueError("data.test_images and data.test_labels go together: give both or neither")
+            raise ConfigError("data.test_images and data.test_labels go together: give both or neither")
+        check_fractions(val_fraction, test_fraction)
         self.save_hyperparameters()
         self.class_names = FASHION_CLASSES if source == "fashion-mnist" else tuple(str(d) for d in range(10))
         self.mean, self.std = 0.0, 1.0
@@ -116,7 +119,7 @@ class VisionDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         for path in (self.hparams.test_images, self.hparams.test_labels):
             if path is not None and not Path(path).is_file():
-                raise FileNotFoundError(f"data.test_images/test_labels: {path} does not exist")
+                raise MissingFileError(f"data.test_images/test_labels: {path} does not exist")
         missing = self._missing_files()
         if not missing:
             return
@@ -127,7 +130,7 @@ class VisionDataModule(L.LightningDataModule):
             for train in (True, False):
                 dataset(str(self.data_dir), train=train, download=True)
         except Exception as err:  # torchvision missing, or no network
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"data.source={self.hparams.source!r} needs the IDX files {', '.join(missing)} (plain or .gz) in "
                 f"data.data_dir={str(self.data_dir)!r}, and downloading them failed ({type(err).__name__}: {err}). "
                 "Copy the files there, set --data.init_args.data_dir to the folder that holds them, or use the "
@@ -142,7 +145,7 @@ class VisionDataModule(L.LightningDataModule):
             return (torch.from_numpy(x.reshape(-1, 28, 28).astype(np.uint8)), torch.from_numpy(y)), None
         missing = self._missing_files()
         if missing:
-            raise FileNotFoundError(f"{', '.join(missing)} not found in {self.data_dir}: run prepare_data first")
+            raise MissingFileError(f"{', '.join(missing)} not found in {self.data_dir}: run prepare_data first")
         pairs = {k: [find_idx(self.data_dir, s) for s in stems] for k, stems in IDX_NAMES.items()}
         return load_idx_pair(*pairs["train"]), load_idx_pair(*pairs["test"])
 
@@ -154,13 +157,9 @@ class VisionDataModule(L.LightningDataModule):
             test = load_idx_pair(self.hparams.test_images, self.hparams.test_labels)
         else:
             test = official_test
-        n = len(x)
-        n_test = 0 if test is not None else round(n * self.hparams.test_fraction)
-        n_val = round((n - n_test) * self.hparams.val_fraction)
-        splits = random_split(
-            range(n), [n - n_val - n_test, n_val, n_test], generator=torch.Generator().manual_seed(self.hparams.seed)
-        )
-        train_idx, val_idx, test_idx = (torch.tensor(s.indices, dtype=torch.long) for s in splits)
+        hp = self.hparams
+        test_fraction = 0.0 if test is not None else hp.test_fraction
+        train_idx, val_idx, test_idx = split_indices(len(x), hp.val_fraction, test_fraction, hp.seed)
         train_pixels = x[train_idx].float() / 255
         self.mean, self.std = train_pixels.mean().item(), train_pixels.std().item()
         self.train_set = TensorDataset(x[train_idx], y[train_idx])

@@ -1,6 +1,5 @@
 """LightningModule for Module 2: one image classifier around any ``nn.Module`` (MLP or CNN)."""
 
-import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
@@ -8,11 +7,11 @@ from torch.nn import functional as F
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
-from llm_course.training import checkpoint_callbacks, configure_optimizers, maybe_compile
+from llm_course.training import TaskModule, maybe_compile
 from llm_course.vision.models import SmallCNN
 
 
-class ImageClassifier(L.LightningModule):
+class ImageClassifier(TaskModule):
     """Cross-entropy classification of images with accuracy, macro F1 and a test confusion matrix.
 
     Args:
@@ -24,6 +23,8 @@ class ImageClassifier(L.LightningModule):
         label_smoothing: cross-entropy label smoothing.
         compile: apply ``torch.compile`` to ``net``.
     """
+
+    checkpoint_monitor = ("val/acc", "max")
 
     def __init__(
         self,
@@ -50,13 +51,10 @@ class ImageClassifier(L.LightningModule):
     def configure_model(self) -> None:
         maybe_compile(self.net, self.hparams.compile)
 
-    def configure_callbacks(self) -> list[L.Callback]:
-        return checkpoint_callbacks("val/acc", "max")
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def _shared_step(self, batch: list[torch.Tensor], stage: str) -> torch.Tensor:
+    def shared_step(self, batch: list[torch.Tensor], stage: str) -> torch.Tensor:
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=self.hparams.label_smoothing)
@@ -70,15 +68,6 @@ class ImageClassifier(L.LightningModule):
             self.test_confusion.update(logits, y)
         return loss
 
-    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, "train")
-
-    def validation_step(self, batch: list[torch.Tensor], batch_idx: int) -> None:
-        self._shared_step(batch, "val")
-
-    def test_step(self, batch: list[torch.Tensor], batch_idx: int) -> None:
-        self._shared_step(batch, "test")
-
     def on_test_epoch_start(self) -> None:
         self.test_confusion.reset()
 
@@ -87,6 +76,3 @@ class ImageClassifier(L.LightningModule):
 
     def predict_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self(batch[0]).argmax(-1)
-
-    def configure_optimizers(self):
-        return configure_optimizers(self, self.optimizer, self.scheduler)
