@@ -1,11 +1,17 @@
-"""Every config is a test: it parses and completes a fast_dev_run on CPU."""
+"""Every config is a test: it parses, and it runs a few real steps and a test with checkpoints and loggers on.
+
+An overlay config (``sft_qlora.yaml``) runs on top of the base its header names, exactly as its Run line says.
+"""
+
+import json
+import re
+import shlex
 
 import pytest
 import torch
 import yaml
 
-from conftest import CONFIGS, run_cli
-from llm_course.trainer_cli import CourseCLI
+from conftest import CONFIGS, ROOT, run_cli, run_dir
 
 ALL_CONFIGS = sorted(CONFIGS.glob("*.yaml"))
 # Configs whose data is not embedded get tiny local files from a fixture named here.
@@ -17,30 +23,69 @@ NEEDS_FILES: dict[str, str] = {
 }
 
 
+def run_line_configs(config) -> list[str]:
+    """The ``--config`` files of the ``# Run:`` line in ``config``'s header, in order."""
+    line = next(x for x in config.read_text().splitlines()[:3] if "llm-course fit" in x)
+    args = shlex.split(line.split("llm-course", 1)[1], comments=True)
+    return [str(ROOT / args[i + 1]) for i, a in enumerate(args) if a == "--config"]
+
+
 @pytest.mark.parametrize("config", ALL_CONFIGS, ids=lambda p: p.stem)
 def test_config_parses(config, capsys):
+    configs = run_line_configs(config)
+    assert str(config) in configs, f"{config.name}'s Run line does not use it"
     with pytest.raises(SystemExit) as exc:
-        run_cli("fit", "--config", config, "--print_config")
+        run_cli("fit", *[a for c in configs for a in ("--config", c)], "--print_config")
     assert exc.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["class_path"].startswith("llm_course.")
     assert printed["data"]["class_path"].startswith("llm_course.")
     assert printed["seed_everything"] == 42
+    overlay = yaml.safe_load(config.read_text())
+    if "class_path" not in overlay.get("model", {}):  # an overlay: its values win over the base's
+        for key, value in overlay["model"]["init_args"].items():
+            assert printed["model"]["init_args"][key] == value, key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", ALL_CONFIGS, ids=lambda p: p.stem)
-def test_config_fast_dev_run(config, tmp_path, request):
+def test_config_runs_steps_and_test_with_checkpoints(config, tmp_path, request):
+    """Two real training steps, a validation and the end-of-fit hooks, then ``test`` on the best checkpoint."""
     extra = request.getfixturevalue(NEEDS_FILES[config.stem]) if config.stem in NEEDS_FILES else []
-    cli = CourseCLI([
-        "fit", "--config", str(config), "--trainer.fast_dev_run=true", "--trainer.accelerator=cpu",
-        f"--trainer.default_root_dir={tmp_path}", *extra,
-    ])  # fmt: skip
-    assert cli.trainer.state.finished and cli.trainer.global_step == 1
-    assert torch.isfinite(cli.trainer.callback_metrics["train/loss_step"])
+    if config.stem.startswith("sft"):
+        extra += ["--data.init_args.test_size=4"]
+    configs = [a for c in run_line_configs(config) for a in ("--config", c)]
+    trainer_cfg: dict = {}
+    for c in run_line_configs(config):  # later configs override earlier ones
+        trainer_cfg |= yaml.safe_load(open(c)).get("trainer") or {}
+    accumulate = trainer_cfg.get("accumulate_grad_batches", 1)
+    common = [*configs, "--trainer.accelerator=cpu", f"--trainer.default_root_dir={tmp_path}", *extra]
+    run_cli("fit", *common, "--trainer.max_steps=2", "--trainer.max_epochs=1",
+            f"--trainer.limit_train_batches={2 * accumulate}", "--trainer.limit_val_batches=2",
+            "--trainer.val_check_interval=1.0", "--trainer.check_val_every_n_epoch=1")  # fmt: skip
+    run = run_dir(tmp_path)
+    ckpts = run / "checkpoints"
+    assert (ckpts / "best.ckpt").is_file() and (ckpts / "last.ckpt").is_file()
+    last = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 2
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+    assert list(run.glob("events.out.tfevents.*")), "no TensorBoard events"
+    if config.stem.startswith("sft"):  # ExportBestWeights leaves these to the task's own on_fit_end
+        assert (run / "adapter" / "adapter_config.json").is_file() and (run / "hf_model" / "config.json").is_file()
+    elif config.stem in ("imdb", "ag_news"):
+        assert (run / "hf_model" / "config.json").is_file()
+    else:
+        assert (ckpts / "best.safetensors").is_file()
+
+    run_cli("test", *common, f"--ckpt_path={ckpts / 'best.ckpt'}")
+    metrics = json.loads((run_dir(tmp_path) / "metrics.json").read_text())
+    assert metrics and all(k.startswith("test/") for k in metrics)
+    assert torch.isfinite(torch.tensor(metrics["test/loss"]))
 
 
 def test_first_lines_say_what_and_how():
     for config in ALL_CONFIGS:
         head = config.read_text().splitlines()[:3]
         assert head[0].startswith("# Module"), config.name
-        assert any(f"llm-course fit --config configs/{config.name}" in line for line in head), config.name
+        assert any(re.search(rf"llm-course fit (--config configs/\S+ )*--config configs/{config.name}", line)
+                   for line in head), config.name  # fmt: skip

@@ -186,3 +186,23 @@ def test_bf16_hardware_check_matches_the_cpu_flags_and_silences_the_warning(monk
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         cli.check_precision("bf16-mixed", "cpu")  # hardware bf16: no warning
+
+
+def test_data_checks_name_the_key_before_any_data_is_read():
+    from llm_course.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data.val_fraction \+ data.test_fraction = 0.5 \+ 0.6 = 1.1 leaves no"):
+        RegressionDataModule(val_fraction=0.5, test_fraction=0.6)
+    with pytest.raises(ConfigError, match=r"data.val_fraction=0 must lie in \(0, 1\)"):
+        RegressionDataModule(val_fraction=0)
+    with pytest.raises(ConfigError, match="data.source='bostn' is not one of: synthetic, boston"):
+        RegressionDataModule(source="bostn")
+
+
+def test_boston_split_is_the_one_the_benchmark_measured():
+    data = RegressionDataModule(source="boston")
+    data.setup()
+    assert (len(data.train_set), len(data.val_set), len(data.test_set)) == (404, 51, 51)
+    train_x = data.train_set.tensors[0]  # standardized with the training rows' own statistics
+    assert torch.allclose(train_x.mean(0), torch.zeros(13), atol=1e-5)
+    assert torch.allclose(train_x.std(0), torch.ones(13), atol=1e-5)

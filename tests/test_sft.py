@@ -8,7 +8,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import byte_tokenizer, instruction_rows, load_state, run_cli, run_dir, write_jsonl
 from llm_course.sft import CausalLMFineTuner, InstructionDataModule
-from llm_course.sft.lora import add_lora, linear_layer_names, load_causal_lm, lora_targets
+from llm_course.sft.lora import (
+    add_lora,
+    keep_4bit_training_kernels,
+    linear_layer_names,
+    load_causal_lm,
+    lora_targets,
+)
 from llm_course.sft.prompts import (
     ALPACA_PROMPT,
     ALPACA_PROMPT_WITH_INPUT,
@@ -287,17 +293,108 @@ def test_merge_command_and_full_finetune(tiny_gpt2, tmp_path):
     assert torch.equal(model.transformer.wte.weight, state["net.transformer.wte.weight"])
 
 
-def test_qlora_run_merges_into_the_unquantized_base(tiny_llama, tmp_path):
-    from peft import PeftModel
+@pytest.fixture(scope="module")
+def llama_64(tmp_path_factory) -> str:
+    """``tiny_llama`` at width 64: on a CPU with AVX512-BF16, bitsandbytes repacks 4-bit weights for inference,
+    which needs ``in_features`` to be a multiple of its block size (64); 32 fails there (its bug, not ours)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    run_cli(*sft_args(tmp_path, tiny_llama, "--trainer.max_steps=3", "--model.init_args.quantization=nf4",
+    folder = tmp_path_factory.mktemp("llama_64")
+    tokenizer = byte_tokenizer()
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         tie_word_embeddings=True)  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def quantized_base_with_adapter(folder, adapter_dir):
+    """The model QLoRA training ran: the NF4 base prepared as ``build_network`` prepares it, plus the adapter."""
+    from peft import PeftModel, prepare_model_for_kbit_training
+
+    base = prepare_model_for_kbit_training(load_causal_lm(folder, "nf4"), use_gradient_checkpointing=False)
+    return PeftModel.from_pretrained(keep_4bit_training_kernels(base), adapter_dir).eval()  # no dropout
+
+
+def test_a_validation_pass_leaves_qlora_gradients_alone(llama_64):
+    """On a CPU with AVX512-BF16, bitsandbytes used to switch 4-bit layers to an inference kernel without backward
+    after one eval pass, for good (elsewhere the test passes either way)."""
+
+    def grads(validate_first: bool) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        module = CausalLMFineTuner(llama_64, quantization="nf4", lora_r=4, lora_dropout=0.0)
+        module.configure_model()
+        with torch.no_grad():
+            for name, p in module.net.named_parameters():
+                if "lora_B" in name:  # B = 0 would leave every A without gradient
+                    p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.1)
+        if validate_first:
+            module.net.eval()
+            with torch.no_grad():
+                module.net(input_ids=IDS)
+            module.net.train()
+        module.net(input_ids=IDS, labels=IDS).loss.backward()
+        return {n: p.grad for n, p in module.net.named_parameters() if p.grad is not None}
+
+    fresh, after_validation = grads(False), grads(True)
+    assert fresh.keys() == after_validation.keys() and len(fresh) == 2 * 7 * 2
+    for name, grad in fresh.items():
+        torch.testing.assert_close(after_validation[name], grad, rtol=0, atol=0, msg=name)
+
+
+def test_qlora_merge_is_the_quantized_base_plus_adapter(llama_64, tmp_path, capsys):
+    import bitsandbytes as bnb
+
+    run_cli(*sft_args(tmp_path, llama_64, "--trainer.max_steps=3", "--model.init_args.quantization=nf4",
                       "--trainer.precision=bf16-mixed"))  # fmt: skip
     run = run_dir(tmp_path / "runs")
-    adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), run / "adapter")
-    assert any(not torch.equal(p, torch.zeros_like(p)) for n, p in adapter.named_parameters() if "lora_B" in n)
+    record = json.loads((run / "adapter" / "base_weights.json").read_text())
+    assert record == {"quantization": "nf4", "dtype": "float32", "double_quant": True}
+    trained = quantized_base_with_adapter(llama_64, run / "adapter")
+    assert any(p.abs().sum() > 0 for n, p in trained.named_parameters() if "lora_B" in n)  # it learned something
     merged = AutoModelForCausalLM.from_pretrained(run / "hf_model")
     assert merged.model.layers[0].self_attn.q_proj.weight.dtype == torch.float32  # plain weights, not 4-bit
-    torch.testing.assert_close(logits(merged, IDS), logits(adapter, IDS), atol=1e-5, rtol=1e-5)
+    assert "quantization_config" not in json.loads((run / "hf_model" / "config.json").read_text())
+
+    # each merged weight is exactly the dequantized NF4 weight training multiplied with, plus B @ A
+    for i, name in [(0, "self_attn.q_proj"), (1, "mlp.down_proj")]:
+        layer = trained.base_model.model.model.layers[i].get_submodule(name)
+        weight = layer.base_layer.weight
+        expected = bnb.functional.dequantize_4bit(weight.data, weight.quant_state).float() + layer.get_delta_weight(
+            "default"
+        )
+        assert torch.equal(merged.model.layers[i].get_submodule(name).weight, expected), name
+
+    run_cli("merge", f"--adapter_dir={run / 'adapter'}", f"--output_dir={tmp_path / 'original'}",
+            "--base_weights=original")  # fmt: skip
+    assert "merged into the original (unquantized) weights" in capsys.readouterr().out
+    original = AutoModelForCausalLM.from_pretrained(tmp_path / "original")
+    with torch.enable_grad():  # the training path of the 4-bit layers (bf16 compute, as in training)
+        reference = trained(input_ids=IDS).logits.detach().float()
+    gap = (logits(merged, IDS) - reference).abs().max()
+    gap_original = (logits(original, IDS) - reference).abs().max()
+    # merged: only the bf16 compute of the 4-bit layers differs; original: the NF4 rounding of every weight
+    assert gap < 0.1 * gap_original, (gap, gap_original)
+
+
+def test_merge_says_which_base_weights_it_used(tiny_llama, tmp_path, capsys):
+    from llm_course.sft.lora import save_base_record
+
+    add_lora(AutoModelForCausalLM.from_pretrained(tiny_llama), r=4, init_lora_weights=False).save_pretrained(
+        tmp_path / "adapter"
+    )
+    run_cli("merge", f"--adapter_dir={tmp_path / 'adapter'}", f"--output_dir={tmp_path / 'a'}")
+    assert "merged into the original weights of" in capsys.readouterr().out  # no record: an adapter from elsewhere
+    save_base_record(tmp_path / "adapter", "nf4", "float32", double_quant=True)
+    run_cli("merge", f"--adapter_dir={tmp_path / 'adapter'}", f"--output_dir={tmp_path / 'b'}")
+    out = capsys.readouterr().out
+    assert "merged into the dequantized NF4 (double quantization) weights" in out and str(tmp_path / "b") in out
+    with pytest.raises(SystemExit):
+        run_cli("merge", f"--adapter_dir={tmp_path / 'adapter'}", f"--output_dir={tmp_path / 'c'}",
+                "--base_weights=nf4")  # fmt: skip
 
 
 def test_resuming_with_other_lora_settings_is_refused(tiny_llama, tmp_path):
@@ -325,3 +422,79 @@ def test_merge_without_adapter_is_a_clear_error(tmp_path, capsys):
 def test_load_causal_lm_rejects_unknown_dtype(tiny_llama):
     with pytest.raises(ValueError, match="model.dtype='fp8'"):
         load_causal_lm(tiny_llama, dtype="fp8")
+
+
+def test_every_setting_reaches_build_network_by_name(tiny_llama, monkeypatch):
+    import inspect
+
+    from llm_course.sft import lora
+    from llm_course.sft import module as sft_module
+
+    calls = []
+
+    def spy(model_name_or_path, **settings):  # takes any name: a hand-over by matching names would pass nothing
+        calls.append({"model_name_or_path": model_name_or_path, **settings})
+        return AutoModelForCausalLM.from_pretrained(tiny_llama)
+
+    monkeypatch.setattr(sft_module, "build_network", spy)
+    settings = {"model_name_or_path": tiny_llama, "finetune": "lora", "quantization": "int8", "dtype": "bfloat16",
+                "lora_r": 3, "lora_alpha": 5, "lora_dropout": 0.25, "target_modules": ["q_proj"],
+                "double_quant": False, "gradient_checkpointing": True, "trust_remote_code": True}  # none a default
+    CausalLMFineTuner(**settings).build("cpu")
+    assert calls == [{**settings, "device": "cpu"}]
+    inspect.signature(lora.build_network).bind(**calls[0])  # and every name is one build_network takes
+
+
+def test_the_module_loads_its_own_tokenizer_and_never_reads_the_datamodule(tiny_gpt2, tmp_path):
+    from types import SimpleNamespace
+
+    class DataModuleTrap:
+        @property
+        def tokenizer(self):
+            raise AssertionError("the model read the DataModule's tokenizer")
+
+    module = CausalLMFineTuner(tiny_gpt2, lora_r=4, merge_on_fit_end=False)
+    module._trainer = SimpleNamespace(datamodule=DataModuleTrap())  # a Trainer whose DataModule must stay unread
+    module.build("cpu")
+    answers = module.generate(["Double 3."], max_new_tokens=2)  # used to read trainer.datamodule.tokenizer
+    assert len(answers) == 1 and isinstance(answers[0], str)
+    module.save_hf(tmp_path)
+    # GPT-2 has no pad token: the module and the DataModule both pad with EOS, by the same rule
+    dm_tokenizer = InstructionDataModule(tiny_gpt2).load_tokenizer()
+    for tokenizer in (module.tokenizer, AutoTokenizer.from_pretrained(tmp_path / "adapter"), dm_tokenizer):
+        assert tokenizer.pad_token == tokenizer.eos_token == "<|im_end|>"
+    assert module.tokenizer.get_vocab() == dm_tokenizer.get_vocab()
+
+
+@pytest.mark.parametrize("task", ["sft", "text"])
+def test_trust_remote_code_never_comes_from_a_checkpoint(task, tiny_llama, tiny_bert, tmp_path, monkeypatch):
+    import lightning as L
+
+    from llm_course import assets
+    from llm_course.sft import lora
+    from llm_course.text import module as text_module
+    from llm_course.text.module import TextClassifier
+
+    if task == "sft":
+        cls, module = CausalLMFineTuner, CausalLMFineTuner(tiny_llama, lora_r=4)
+        module.configure_model()
+    else:
+        cls, module = TextClassifier, TextClassifier(tiny_bert, labels=["neg", "pos"])
+    assert "trust_remote_code" not in module.hparams  # new checkpoints do not carry it
+    path = tmp_path / "hostile.ckpt"
+    torch.save({"state_dict": module.state_dict(), "pytorch-lightning_version": L.__version__,
+                "hyper_parameters": {**module.hparams, "trust_remote_code": True}}, path)  # fmt: skip
+
+    seen: list[bool] = []
+
+    def spy(cls_, name, flag="", **kwargs):
+        seen.append(kwargs.get("trust_remote_code"))
+        return real(cls_, name, flag, **kwargs)
+
+    real = assets.from_pretrained
+    for owner in (assets, lora, text_module):  # the tokenizer loader imports it lazily from assets
+        monkeypatch.setattr(owner, "from_pretrained", spy)
+    loaded = cls.load_from_checkpoint(path)
+    assert loaded.trust_remote_code is False and seen and not any(seen)
+    seen.clear()
+    assert cls.load_from_checkpoint(path, trust_remote_code=True).trust_remote_code is True and all(seen)

@@ -99,3 +99,64 @@ def test_module_uses_the_chunked_loss_and_rejects_a_negative_size(tiny_llama):
     chunked.net.get_output_embeddings().register_forward_hook(lambda m, args, out: rows.append(args[0].shape[0]))
     torch.testing.assert_close(chunked.training_step(batch, 0), plain.training_step(batch, 0))
     assert rows == [3] * 7 + [1]  # the module took the chunked path: 22 response tokens, 3 at a time
+
+
+def micro_batch(vocab: int, rows: int, length: int, prompt: int, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (rows, length), generator=g)
+    labels = ids.clone()
+    labels[:, :prompt] = IGNORE_INDEX
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+
+def right_pad(batch: dict[str, torch.Tensor], length: int) -> dict[str, torch.Tensor]:
+    extra = length - batch["input_ids"].shape[1]
+    fill = {"input_ids": 0, "attention_mask": 0, "labels": IGNORE_INDEX}
+    return {k: torch.nn.functional.pad(v, (0, extra), value=fill[k]) for k, v in batch.items()}
+
+
+@pytest.mark.parametrize("chunk_size", [0, 4])
+def test_accumulated_micro_batches_give_the_gradient_of_the_concatenated_batch(tiny_llama, tmp_path, chunk_size):
+    import lightning as L
+
+    from llm_course.callbacks import NaNGuard
+
+    def module() -> CausalLMFineTuner:
+        torch.manual_seed(0)
+        m = CausalLMFineTuner(tiny_llama, lora_r=4, lora_dropout=0.0, loss_chunk_size=chunk_size,
+                              merge_on_fit_end=False)  # fmt: skip
+        m.configure_model()
+        with torch.no_grad():
+            for name, p in m.net.named_parameters():
+                if "lora_B" in name:  # B = 0 would leave every A without gradient
+                    p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.1)
+        return m
+
+    vocab = module().net.config.vocab_size
+    short = micro_batch(vocab, rows=3, length=10, prompt=8, seed=1)  # 3 × 2 response tokens (labels 1..9)
+    long = micro_batch(vocab, rows=1, length=14, prompt=2, seed=2)  # 12 response tokens
+    # the reference: one batch of all 18 tokens, each weighing 1/18 (Lightning alone would give 1/12 and 1/24)
+    reference = module()
+    together = {k: torch.cat([right_pad(short, 14)[k], long[k]]) for k in short}
+    causal_lm_loss(reference.net, **together, chunk_size=chunk_size).backward()
+    expected = {n: p.grad for n, p in reference.named_parameters() if p.grad is not None}
+    norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in expected.values()]))
+
+    class GradsAtStep(L.Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+            self.grads = {n: p.grad.clone() for n, p in pl_module.named_parameters() if p.grad is not None}
+
+    seen = GradsAtStep()
+    trainer = L.Trainer(max_steps=1, accumulate_grad_batches=2, gradient_clip_val=float(norm) / 2,
+                        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=tmp_path,
+                        callbacks=[NaNGuard(), seen])  # fmt: skip
+    trained = module()
+    trainer.fit(trained, train_dataloaders=torch.utils.data.DataLoader([short, long], batch_size=None))
+    assert seen.grads.keys() == expected.keys() and len(expected) == 2 * 7 * 2
+    for name, grad in expected.items():  # what the NaN guard and the clipping saw...
+        torch.testing.assert_close(seen.grads[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+    torch.testing.assert_close(trainer.callback_metrics["train/grad_norm"], norm, atol=1e-6, rtol=1e-5)
+    for name, param in trained.named_parameters():  # ...and what the optimizer stepped with: clipped to half
+        if name in expected:
+            torch.testing.assert_close(param.grad, expected[name] / 2, atol=1e-6, rtol=1e-4, msg=name)

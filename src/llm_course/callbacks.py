@@ -150,8 +150,9 @@ class ProgressLog(ProgressBar):
         super().__init__()
         self.interval = interval
         self._enabled = True
-        self._start = self._last = 0.0
-        self._samples = 0
+        self._start: dict[str, float] = {}
+        self._samples: dict[str, int] = {}
+        self._last = 0.0
 
     def disable(self) -> None:
         self._enabled = False
@@ -159,24 +160,35 @@ class ProgressLog(ProgressBar):
     def enable(self) -> None:
         self._enabled = True
 
-    def _begin(self, *_: Any) -> None:
-        self._start = self._last = time.perf_counter()
-        self._samples = 0
+    def _begin(self, stage: str) -> None:
+        self._start[stage] = self._last = time.perf_counter()
+        self._samples[stage] = 0
+        self.reset_dataloader_idx_tracker()
 
-    on_train_epoch_start = on_validation_epoch_start = on_test_epoch_start = on_predict_epoch_start = _begin
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._begin("train")
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._begin("validate")
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._begin("test")
+
+    def on_predict_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._begin("predict")
 
     def _line(self, trainer: L.Trainer, stage: str, done: int, total: float | int, final: bool = False) -> None:
         now = time.perf_counter()
         if not self._enabled or not trainer.is_global_zero or (not final and now - self._last < self.interval):
             return
-        self._last, elapsed = now, now - self._start
+        self._last, elapsed = now, now - self._start.get(stage, now)
         parts = [f"{stage} epoch {trainer.current_epoch}"]
         known = isinstance(total, int) or (isinstance(total, float) and math.isfinite(total))
         parts.append(f"batch {done}/{int(total)}" if known else f"batch {done}")
         if stage == "train":
             max_steps = trainer.max_steps if trainer.max_steps > 0 else trainer.estimated_stepping_batches
             parts.append(f"step {trainer.global_step}/{int(max_steps) if math.isfinite(max_steps) else '?'}")
-        parts.append(f"{self._samples / max(elapsed, 1e-9):.1f} samples/s")
+        parts.append(f"{self._samples.get(stage, 0) / max(elapsed, 1e-9):.1f} samples/s")
         eta = elapsed / done * (total - done) if known and done else float("nan")
         parts.append(f"elapsed {_clock(elapsed)}" + (f" ETA {_clock(eta)}" if math.isfinite(eta) else ""))
         loss = trainer.callback_metrics.get("train/loss_step", trainer.callback_metrics.get("train/loss"))
@@ -186,22 +198,26 @@ class ProgressLog(ProgressBar):
 
     def _batch(self, trainer: L.Trainer, batch: Any, stage: str, done: int, total: float | int) -> None:
         try:
-            self._samples += extract_batch_size(batch)
+            size = extract_batch_size(batch)
         except Exception:  # a batch layout Lightning cannot size: count batches instead
-            self._samples += 1
+            size = 1
+        self._samples[stage] = self._samples.get(stage, 0) + size
         self._line(trainer, stage, done, total)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
         self._batch(trainer, batch, "train", batch_idx + 1, self.total_train_batches)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001
+        self.has_dataloader_changed(dataloader_idx)  # tells the base class which loader's total to give
         if not trainer.sanity_checking:
             self._batch(trainer, batch, "validate", batch_idx + 1, self.total_val_batches_current_dataloader)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001
+        self.has_dataloader_changed(dataloader_idx)
         self._batch(trainer, batch, "test", batch_idx + 1, self.total_test_batches_current_dataloader)
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001
+        self.has_dataloader_changed(dataloader_idx)
         self._batch(trainer, batch, "predict", batch_idx + 1, self.total_predict_batches_current_dataloader)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -209,7 +225,7 @@ class ProgressLog(ProgressBar):
             return
         metrics = {k: v for k, v in self.get_metrics(trainer, pl_module).items() if k != "v_num"}
         shown = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(metrics.items()))
-        elapsed = _clock(time.perf_counter() - self._start)
+        elapsed = _clock(time.perf_counter() - self._start.get("train", time.perf_counter()))
         print(f"epoch {trainer.current_epoch} done in {elapsed}  step {trainer.global_step}  {shown}",
               file=sys.stderr, flush=True)  # fmt: skip
 

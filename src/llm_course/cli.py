@@ -80,7 +80,7 @@ def main(args: list[str] | None = None) -> None:
         if argv[0] in TRAINER_COMMANDS:
             from llm_course.trainer_cli import CourseCLI
 
-            CourseCLI(args=argv)
+            CourseCLI(args=None if args is None else argv)
         elif argv[0] in COMMANDS:
             run_function_command(argv)
         else:

@@ -131,10 +131,15 @@ class CourseCLI(LightningCLI):
             "model.init_args.model_name_or_path", "data.init_args.model_name_or_path", apply_on="parse"
         )
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        cfg = self.config[subcommand] if subcommand else self.config
+        check_checkpoint(cfg.get("ckpt_path"))  # before LightningCLI reads the checkpoint's hyperparameters
+
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         check_precision(cfg["trainer"].get("precision"), cfg["trainer"].get("accelerator"))
-        check_checkpoint(cfg.get("ckpt_path"))
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         cfg = self._get(self.config_init, "trainer", default={})

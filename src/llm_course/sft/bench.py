@@ -77,14 +77,14 @@ def bench_lora_memory(
 def eval_examples(model: str, data_file: str | None, n: int, where: dict[str, str] | None) -> list[dict[str, Any]]:
     """Tokenized held-out examples of ``data_file`` (split as the sft benchmark splits it), else the packaged set."""
     from llm_course.sft.data import InstructionDataModule
-    from llm_course.sft.prompts import tokenize_record
+    from llm_course.sft.prompts import load_tokenizer, tokenize_record
 
     if data_file:
         dm = InstructionDataModule(model, train_file=data_file, where=where, val_size=HELD_OUT["val_size"],
                                    test_size=n, max_length=512)  # fmt: skip
         dm.setup("test")
         return [dict(r) for r in dm.splits["test"]]
-    tokenizer = InstructionDataModule(model).load_tokenizer()
+    tokenizer = load_tokenizer(model)
     records = [json.loads(line) for line in files("llm_course.sft").joinpath(EVAL_SET).read_text().splitlines()]
     return [tokenize_record(tokenizer, r, 512) for r in records[:n]]
 

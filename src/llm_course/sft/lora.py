@@ -134,6 +134,21 @@ def add_lora(
     return get_peft_model(model, config)
 
 
+def keep_4bit_training_kernels(net: nn.Module) -> nn.Module:
+    """Stop bitsandbytes from switching a trainable network's 4-bit layers to its CPU inference kernel.
+
+    On a CPU with AVX512-BF16, a ``Linear4bit`` run in eval mode without gradients (Lightning's sanity check and
+    every validation) repacks its weights for a fused inference kernel, for good: later training steps take that
+    kernel too, and it has no backward, so the gradients through the frozen layers come out wrong (layer 0's
+    LoRA gradients changed by up to 0.07 on a 2-layer test model; notes/debug_log.md). Validation runs the plain
+    4-bit kernel instead, and the weights keep the format training dequantizes.
+    """
+    for module in net.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):  # bitsandbytes >= 0.48 Linear4bit
+            module.support_avx512bf16_for_cpu = False
+    return net
+
+
 def build_network(
     model_name_or_path: str,
     finetune: str = "lora",
@@ -154,6 +169,7 @@ def build_network(
     caller (Lightning does it for training).
     """
     net = load_causal_lm(model_name_or_path, quantization, dtype, device, double_quant, trust_remote_code)
+    keep_4bit_training_kernels(net)
     if finetune == "lora":
         if quantization != "none":
             from peft import prepare_model_for_kbit_training
@@ -194,8 +210,10 @@ def describe_base(base: str, record: dict[str, Any] | None, base_weights: BaseWe
         return f"the original weights of {base} (the adapter has no {BASE_RECORD}: assumed trained on those)"
     if record["quantization"] == "none":
         return f"the {record['dtype']} weights of {base} (the weights the adapter was trained against)"
-    quant = record["quantization"].upper() + (" with double quantization" if record.get("double_quant") else "")
-    return f"the {quant}-dequantized weights of {base} (the weights the adapter was trained against)"
+    quant = record["quantization"].upper()
+    if quant != "INT8" and record.get("double_quant"):
+        quant += " (double quantization)"
+    return f"the dequantized {quant} weights of {base} (the weights the adapter was trained against)"
 
 
 def load_base_as_trained(

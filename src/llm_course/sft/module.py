@@ -1,12 +1,10 @@
 """LightningModule for Module 6: supervised fine-tuning of a causal LM, full or LoRA, on plain or 4/8-bit weights."""
 
-import math
 from pathlib import Path
 from typing import Any, Literal
 
-import lightning as L
 import torch
-from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torchmetrics import MeanMetric
 
@@ -14,10 +12,10 @@ from llm_course.errors import ConfigError
 from llm_course.sft.lora import Quantization, build_network
 from llm_course.sft.loss import causal_lm_loss, unwrap
 from llm_course.sft.prompts import IGNORE_INDEX, encode, load_tokenizer, prompt_text
-from llm_course.training import checkpoint_callbacks, maybe_compile
+from llm_course.training import TaskModule, maybe_compile
 
 
-class CausalLMFineTuner(L.LightningModule):
+class CausalLMFineTuner(TaskModule):
     """Instruction tuning with the loss on response tokens: full fine-tuning, LoRA, or QLoRA (nf4 + LoRA).
 
     The network and its tokenizer are built in ``configure_model`` (on the Trainer's device, as bitsandbytes
@@ -43,8 +41,8 @@ class CausalLMFineTuner(L.LightningModule):
         loss_chunk_size: compute the head and the loss on this many response tokens at a time, recomputed in
             backward, so the full-vocabulary logits never exist (``sft/loss.py``); 0: the model's own loss.
         optimizer: optimizer factory, applied to the trainable parameters only.
-        warmup_ratio: share of the optimizer steps spent warming up linearly from 0.
-        schedule: learning-rate decay after the warmup.
+        scheduler: learning-rate schedule, e.g. ``llm_course.training.WarmupDecayLR`` (linear warm-up, then
+            cosine decay), stepped every optimizer step; none: a constant rate.
         sample_prompts: instructions answered greedily at each validation and logged to TensorBoard as text.
         max_new_tokens: length of those answers.
         merge_on_fit_end: also write the merged model after a LoRA fit.
@@ -67,8 +65,7 @@ class CausalLMFineTuner(L.LightningModule):
         gradient_checkpointing: bool = False,
         loss_chunk_size: int = 0,
         optimizer: OptimizerCallable = torch.optim.AdamW,
-        warmup_ratio: float = 0.03,
-        schedule: Literal["linear", "cosine", "constant"] = "cosine",
+        scheduler: LRSchedulerCallable | None = None,
         sample_prompts: list[str] | None = None,
         max_new_tokens: int = 48,
         merge_on_fit_end: bool = True,
@@ -83,8 +80,8 @@ class CausalLMFineTuner(L.LightningModule):
             )
         if loss_chunk_size < 0:
             raise ConfigError(f"model.loss_chunk_size={loss_chunk_size}: use 0 (off) or a number of tokens, e.g. 256")
-        self.save_hyperparameters(ignore=["optimizer", "trust_remote_code"])  # a checkpoint must not switch it on
-        self.optimizer = optimizer
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "trust_remote_code"])  # never from a file
+        self.optimizer, self.scheduler = optimizer, scheduler
         self.trust_remote_code = trust_remote_code
         self.net: Any = None
         self.tokenizer: Any = None
@@ -114,9 +111,6 @@ class CausalLMFineTuner(L.LightningModule):
         self._tokenizer()
         # the chunked loss calls the decoder itself, so that is what gets compiled
         maybe_compile(unwrap(self.net).get_decoder() if hp.loss_chunk_size else self.net, hp.compile)
-
-    def configure_callbacks(self) -> list[L.Callback]:
-        return checkpoint_callbacks("val/loss", "min")
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None):
         return self.net(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
@@ -262,13 +256,3 @@ class CausalLMFineTuner(L.LightningModule):
         if hp.merge_on_fit_end:
             rank_zero_info(merge_adapter(str(run_dir / "adapter"), str(run_dir / "hf_model"),
                                          trust_remote_code=self.trust_remote_code))  # fmt: skip
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        from transformers import get_scheduler
-
-        optimizer = self.optimizer([p for p in self.parameters() if p.requires_grad])
-        total = int(self.trainer.estimated_stepping_batches)
-        name = "constant_with_warmup" if self.hparams.schedule == "constant" else self.hparams.schedule
-        scheduler = get_scheduler(name, optimizer, num_warmup_steps=math.ceil(total * self.hparams.warmup_ratio),
-                                  num_training_steps=total)  # fmt: skip
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -130,11 +130,8 @@ def inference_probe(mode: str, model: str, prompts: list[str], examples: list[di
     Each prompt is generated once (after one untimed warm-up generation); the time to first token covers the
     prompt's forward pass (prefill) and the first greedy step, the decode speed only the tokens after it.
     """
-    from transformers import AutoTokenizer
-
-    from llm_course.assets import from_pretrained
     from llm_course.sft.lora import load_causal_lm
-    from llm_course.sft.prompts import IGNORE_INDEX, encode, prompt_text
+    from llm_course.sft.prompts import IGNORE_INDEX, encode, load_tokenizer, prompt_text
 
     _import_libraries()
     device = _device()
@@ -144,7 +141,7 @@ def inference_probe(mode: str, model: str, prompts: list[str], examples: list[di
         net = net.to(device)  # bitsandbytes placed the quantized weights on the device already
     net.eval()
     loaded_mb = current_mb(device) - baseline
-    tokenizer = from_pretrained(AutoTokenizer, model)
+    tokenizer = load_tokenizer(model)
     first_token, decode, answers, prompt_tokens = [], [], [], []
     with torch.no_grad():
         for i, prompt in enumerate(prompts):

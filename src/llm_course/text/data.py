@@ -14,7 +14,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, load_from_disk
 from torch.utils.data import DataLoader
 
 from llm_course.assets import cache_dir, from_pretrained
-from llm_course.errors import ConfigError
+from llm_course.errors import ConfigError, MissingFileError
 from llm_course.loaders import check_fractions, make_loader
 from llm_course.text.sampling import LengthGroupedSampler, SortedSampler
 from llm_course.text.sources import aclimdb_files, load_aclimdb, load_files, load_hub
@@ -112,22 +112,22 @@ class TextClassificationDataModule(L.LightningDataModule):
         """What the raw data is: the hub name, and each local file's absolute path, size and mtime.
 
         An ``aclImdb/`` folder counts as every review file it is read from: editing one review changes its
-        size or mtime but not the folder's, so the folder's own stat would miss it. The stat walk over 50,000
-        reviews takes well under a second.
+        size or mtime but not the folder's, so the folder's own stat would miss it. Listing and stating the
+        50,000 reviews takes about half a second.
         """
         hp = self.hparams
-
-        def stat(path: Path) -> list:
-            info = path.stat()
-            return [str(path.resolve()), info.st_size, info.st_mtime_ns]
-
         files = {k: getattr(hp, k) for k in ("train_file", "val_file", "test_file") if getattr(hp, k)}
-        stamp = {k: stat(Path(v)) for k, v in files.items() if Path(v).is_file()}
+        stamp = {}
+        for key, path in files.items():
+            if Path(path).is_file():
+                info = os.stat(path)
+                stamp[key] = [str(Path(path).resolve()), info.st_size, info.st_mtime_ns]
         if hp.aclimdb_dir:
             walk = hashlib.sha1()
             for split, items in aclimdb_files(hp.aclimdb_dir).items():
                 for label, path in items:
-                    walk.update(json.dumps([split, label, *stat(path)]).encode())
+                    info, name = os.stat(path), os.path.basename(path)
+                    walk.update(f"{split}/{label}/{name}/{info.st_size}/{info.st_mtime_ns}\n".encode())
             stamp["aclimdb_dir"] = [str(Path(hp.aclimdb_dir).resolve()), walk.hexdigest()]
         return {"dataset": hp.dataset, **files, "aclimdb_dir": hp.aclimdb_dir, "stamp": stamp}
 
@@ -194,29 +194,27 @@ class TextClassificationDataModule(L.LightningDataModule):
     def cache_path(self) -> Path:
         return Path(self.hparams.cache or cache_dir()) / "tokenized" / self._fingerprint()
 
-    def _cached(self) -> bool:
-        return (self.cache_path / "dataset_dict.json").is_file() and (self.cache_path / "label_names.json").is_file()
-
     def prepare_data(self) -> None:
         hp = self.hparams
         predicting = self.trainer is not None and self.trainer.predicting
         if predicting or not (hp.dataset or hp.train_file or hp.test_file or hp.aclimdb_dir):
             return  # predict needs only predict_texts / predict_file
-        if self._cached():
+        cache = self.cache_path  # computed once: for aclimdb_dir it stats every review
+        if complete(cache):
             return
         self.tokenizer  # noqa: B018  -- an unavailable model fails here, before any data is read
         from filelock import FileLock
 
-        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(f"{self.cache_path}.lock"):  # one writer per fingerprint; the others wait, then reuse
-            if self._cached():
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{cache}.lock"):  # one writer per fingerprint; the others wait, then reuse its result
+            if complete(cache):
                 return
             splits, names = self._tokenize()
-            tmp = Path(tempfile.mkdtemp(prefix=f".{self.cache_path.name}-", suffix=".tmp", dir=self.cache_path.parent))
+            tmp = Path(tempfile.mkdtemp(prefix=f".{cache.name}-", suffix=".tmp", dir=cache.parent))
             try:
                 DatasetDict(splits).save_to_disk(str(tmp))
-                (tmp / "label_names.json").write_text(json.dumps(names))
-                publish(tmp, self.cache_path)
+                (tmp / "label_names.json").write_text(json.dumps(names))  # written last: marks the folder complete
+                publish(tmp, cache)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
 
@@ -244,19 +242,23 @@ class TextClassificationDataModule(L.LightningDataModule):
         if stage == "predict":
             texts = list(self.hparams.predict_texts or [])
             if self.hparams.predict_file:
-                texts += [t for t in Path(self.hparams.predict_file).read_text().splitlines() if t.strip()]
+                path = Path(self.hparams.predict_file)
+                if not path.is_file():
+                    raise MissingFileError(f"data.predict_file: {path} does not exist")
+                texts += [t for t in path.read_text().splitlines() if t.strip()]
             if not texts:
                 raise ConfigError("llm-course predict needs data.predict_texts or data.predict_file")
             self.predict_texts = texts
             self.predict_set = Dataset.from_dict({"input_ids": self.encode(texts)})
-            if not self._cached():
+            if not complete(self.cache_path):
                 return
         if not hasattr(self, "splits"):
             self.prepare_data()  # a no-op when Lightning already ran it (rank 0) or the cache exists
-            if not self._cached():
+            cache = self.cache_path
+            if not complete(cache):
                 raise ConfigError(NO_SOURCE)
-            self.splits = load_from_disk(str(self.cache_path))
-            self.label_names = self.label_names or json.loads((self.cache_path / "label_names.json").read_text())
+            self.splits = load_from_disk(str(cache))
+            self.label_names = self.label_names or json.loads((cache / "label_names.json").read_text())
 
     # ---- loaders ------------------------------------------------------------------------------------------
     def collate(self, features: list[dict]) -> dict[str, torch.Tensor]:
@@ -293,6 +295,11 @@ class TextClassificationDataModule(L.LightningDataModule):
         return DataLoader(self.predict_set, batch_size=self.hparams.eval_batch_size, collate_fn=self.collate)
 
 
+def complete(folder: Path) -> bool:
+    """Whether a tokenized cache folder was fully written (``label_names.json`` is written last)."""
+    return (folder / "dataset_dict.json").is_file() and (folder / "label_names.json").is_file()
+
+
 def publish(tmp: Path, target: Path) -> None:
     """Move the finished folder ``tmp`` to ``target`` in one atomic rename.
 
@@ -305,7 +312,7 @@ def publish(tmp: Path, target: Path) -> None:
     except OSError:
         if not target.exists():
             raise
-    if (target / "dataset_dict.json").is_file() and (target / "label_names.json").is_file():
+    if complete(target):
         return
     stale = Path(tempfile.mkdtemp(prefix=f".{target.name}-", suffix=".stale", dir=target.parent))
     os.replace(target, stale / target.name)

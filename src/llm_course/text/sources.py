@@ -1,5 +1,6 @@
 """Where review texts come from: a hub dataset, local files, or the original ``aclImdb/`` folder layout."""
 
+import os
 from pathlib import Path
 
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dataset
@@ -38,7 +39,7 @@ def load_files(files: dict[str, str]) -> DatasetDict:
     return DatasetDict(out)
 
 
-def aclimdb_files(folder: str) -> dict[str, list[tuple[int, Path]]]:
+def aclimdb_files(folder: str) -> dict[str, list[tuple[int, str]]]:
     """The review files of an ``aclImdb/`` folder (or its parent) as ``{split: [(label, path), ...]}``.
 
     Labels: 0 for ``neg/``, 1 for ``pos/``; files are sorted, so the order is stable. Splits without
@@ -50,9 +51,12 @@ def aclimdb_files(folder: str) -> dict[str, list[tuple[int, Path]]]:
         root = root / "aclImdb"
     out = {}
     for split in ("train", "test"):
-        items = [
-            (label, f) for label, name in enumerate(("neg", "pos")) for f in sorted((root / split / name).glob("*.txt"))
-        ]
+        items = []
+        for label, name in enumerate(("neg", "pos")):
+            reviews = root / split / name
+            if reviews.is_dir():  # os.scandir and plain strings: several times faster than Path.glob on 12,500 files
+                with os.scandir(reviews) as entries:
+                    items += sorted((label, e.path) for e in entries if e.name.endswith(".txt") and e.is_file())
         if items:
             out[split] = items
     return out
@@ -73,7 +77,7 @@ def load_aclimdb(folder: str) -> DatasetDict:
     features = Features({"text": Value("string"), "label": ClassLabel(names=["neg", "pos"])})
     return DatasetDict({
         split: Dataset.from_dict(
-            {"text": [f.read_text(encoding="utf-8") for _, f in items], "label": [label for label, _ in items]},
+            {"text": [Path(f).read_text(encoding="utf-8") for _, f in items], "label": [label for label, _ in items]},
             features=features,
         )
         for split, items in files.items()
