@@ -1,20 +1,42 @@
 """``llm-course env`` and ``llm-course bench linreg``."""
 
 import json
-
-import torch
+import os
+import subprocess
+import sys
+from importlib import metadata
 
 from conftest import run_cli
 
 
-def test_env_reports_versions_devices_memory_and_seed(capsys):
-    run_cli("env", "--as_json=true")
-    report = json.loads(capsys.readouterr().out)
-    assert report["versions"]["torch"] == torch.__version__
-    assert report["cuda_available"] == torch.cuda.is_available()
-    assert report["cpu_count"] >= 1 and report["memory_total_gb"] > 0
-    assert report["seed"] == 42
-    assert set(report["versions"]) >= {"lightning", "transformers", "peft", "bitsandbytes"}
+def env_json(**env: str) -> dict:
+    """``llm-course env --as_json=true`` in a fresh process with ``env`` added to the environment."""
+    out = subprocess.run([sys.executable, "-m", "llm_course", "env", "--as_json=true"], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, **env})  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_env_reports_what_the_process_was_given():
+    report = env_json(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", PL_GLOBAL_SEED="7")
+    assert report["versions"]["torch"] == metadata.version("torch").split("+")[0] or report["versions"][
+        "torch"
+    ].startswith(metadata.version("torch"))
+    assert report["versions"]["lightning"] == metadata.version("lightning")
+    assert report["cuda_available"] is False and report["devices"] == ["cpu"]  # CUDA hidden from this process
+    assert report["torch_threads"] == 1
+    assert (report["seed"], report["seed_source"]) == (7, "PL_GLOBAL_SEED")
+    mem_kib = int(next(x for x in open("/proc/meminfo") if x.startswith("MemTotal")).split()[1])
+    assert report["memory_total_gb"] == round(mem_kib / 2**20, 1)
+    assert report["cpu_count"] == os.cpu_count()
+
+
+def test_env_without_a_seed_says_the_cli_default():
+    env = {k: v for k, v in os.environ.items() if k != "PL_GLOBAL_SEED"}
+    out = subprocess.run([sys.executable, "-m", "llm_course", "env", "--as_json=true"], capture_output=True,
+                         text=True, timeout=120, env=env)  # fmt: skip
+    report = json.loads(out.stdout)
+    assert report["seed"] == 42 and report["seed_source"].startswith("CLI default")
 
 
 def test_env_table(capsys):

@@ -99,3 +99,14 @@ def test_readme_links_point_at_files():
     for target in re.findall(r"\]\(([^)#]+)\)", README):
         if not target.startswith("http"):
             assert (ROOT / target).exists(), target
+
+
+def test_run_benchmarks_script_runs_the_readme_commands():
+    """scripts/run_benchmarks.sh reproduces the results table with exactly the README's commands."""
+    script = (ROOT / "scripts" / "run_benchmarks.sh").read_text().replace("\\\n", " ")
+    script = re.sub(r" +", " ", script).replace('"$DATA', "../shared/data").replace('.gz"', ".gz")
+    table = README.split("Measured results", 1)[1].split("\n\n", 2)[1]
+    commands = re.findall(r"^\| [^|]+ \| `([^`]+)` \|", table, re.M)
+    assert len(commands) >= 6
+    for command in commands:
+        assert command in script, command

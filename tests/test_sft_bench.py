@@ -11,21 +11,34 @@ from conftest import byte_tokenizer, instruction_rows, run_cli, write_jsonl
 from llm_course.sft.probes import timed_generate
 
 
-@pytest.fixture(scope="module")
-def llama_512(tmp_path_factory) -> str:
-    """A 2-layer Llama 512 wide (6.4M parameters): big enough that a full fine-tune's gradients and AdamW moments
-    (12 bytes per parameter, 74 MiB) stand clear of the resident-set noise and of the bf16 kernels' workspace
-    (tens of MiB on a CPU), small enough for 4 processes."""
+def save_llama(folder, width: int) -> str:
+    """A 2-layer Llama ``width`` wide (MLP 3 × width) with the byte tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    folder = tmp_path_factory.mktemp("llama_512")
     tokenizer = byte_tokenizer()
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=512, intermediate_size=1536, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)  # fmt: skip
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=3 * width,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         tie_word_embeddings=True)  # fmt: skip
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture(scope="module")
+def llama_512(tmp_path_factory) -> str:
+    """6.4M parameters: big enough that a full fine-tune's gradients and AdamW moments (12 bytes per parameter,
+    74 MiB) stand clear of the resident-set noise and of the bf16 kernels' workspace (tens of MiB on a CPU),
+    small enough for 4 processes."""
+    return save_llama(tmp_path_factory.mktemp("llama_512"), 512)
+
+
+@pytest.fixture(scope="module")
+def llama_64(tmp_path_factory) -> str:
+    """On a CPU with AVX512-BF16, bitsandbytes' 4-bit inference kernel needs ``in_features`` to be a multiple of
+    its block size (64): ``tiny_llama`` (32 wide) fails there."""
+    return save_llama(tmp_path_factory.mktemp("llama_64"), 64)
 
 
 def test_bench_lora_memory_lora_peaks_below_the_full_finetune(llama_512, tmp_path):
@@ -35,7 +48,7 @@ def test_bench_lora_memory_lora_peaks_below_the_full_finetune(llama_512, tmp_pat
     runs = report["runs"]
     assert list(runs) == ["full", "lora_fp32", "lora", "qlora"]
     assert runs["full"]["trainable_params"] == runs["full"]["total_params"]
-    # 2 layers, r=4: q and o (512→512), k and v (512→256), gate, up and down (512↔1536); A and B each
+    # 2 layers, r=4: q and o (512→512), k and v (512→256: 2 of 4 heads), gate, up and down (512↔1536); A and B
     lora_params = 2 * 4 * ((512 + 512) * 2 + (512 + 256) * 2 + (512 + 1536) * 3)
     assert runs["lora"]["trainable_params"] == runs["qlora"]["trainable_params"] == lora_params
     full = runs["full"]["peak_train_mb"]
@@ -46,9 +59,9 @@ def test_bench_lora_memory_lora_peaks_below_the_full_finetune(llama_512, tmp_pat
     assert (tmp_path / "lora-memory.png").stat().st_size > 10_000
 
 
-def test_bench_quant_inference_on_a_tiny_model(tiny_llama, tmp_path):
+def test_bench_quant_inference_on_a_tiny_model(llama_64, tmp_path):
     data = write_jsonl(tmp_path / "records.jsonl", instruction_rows(260))
-    run_cli("bench", "quant-inference", f"--output_dir={tmp_path}", f"--model={tiny_llama}", f"--data_file={data}",
+    run_cli("bench", "quant-inference", f"--output_dir={tmp_path}", f"--model={llama_64}", f"--data_file={data}",
             "--n_eval=10", "--max_new_tokens=4", "--modes=[fp32, nf4]")  # fmt: skip
     report = json.loads((tmp_path / "quant-inference.json").read_text())
     fp32, nf4 = report["runs"]["fp32"], report["runs"]["nf4"]

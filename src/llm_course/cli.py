@@ -85,11 +85,24 @@ def main(args: list[str] | None = None) -> None:
             run_function_command(argv)
         else:
             raise UserError(f"unknown command {argv[0]!r}; commands: {', '.join([*TRAINER_COMMANDS, *COMMANDS])}")
-    except UserError as err:
-        if os.environ.get("LLM_COURSE_DEBUG"):
+    except Exception as err:
+        mistake = user_error_in(err)
+        if mistake is None or os.environ.get("LLM_COURSE_DEBUG"):
             raise
-        print(f"error: {err}\n(set LLM_COURSE_DEBUG=1 to see the traceback)", file=sys.stderr)
+        print(f"error: {mistake}\n(set LLM_COURSE_DEBUG=1 to see the traceback)", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def user_error_in(err: BaseException) -> UserError | None:
+    """The :class:`UserError` that ``err`` is or wraps: jsonargparse re-raises an error from a class's
+    ``__init__`` as its own ``ValueError``, with the original as the cause."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, UserError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 if __name__ == "__main__":
