@@ -17,6 +17,7 @@ BENCHMARKS: dict[str, str] = {
     "lora-memory": "llm_course.sft.bench:bench_lora_memory",
     "quant-inference": "llm_course.sft.bench:bench_quant_inference",
     "sft": "llm_course.sft.bench:bench_sft",
+    "ddp": "llm_course.distributed.bench:bench_ddp",
 }
 
 

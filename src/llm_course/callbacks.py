@@ -42,18 +42,25 @@ class NaNGuard(L.Callback):
         self.check_grad_norm = check_grad_norm
 
     @staticmethod
-    def _stop(trainer: L.Trainer, what: str, value: float) -> None:
+    def _stop(trainer: L.Trainer, what: str, value: float, rank: int | None = None) -> None:
         causes = "\n".join(f"  - {c}" for c in LIKELY_CAUSES)
+        where = f" on rank {rank} of {trainer.world_size}" if trainer.world_size > 1 and rank is not None else ""
         raise NonFiniteError(
             f"{what} is {value} at global step {trainer.global_step} (epoch {trainer.current_epoch}, "
-            f"batch {trainer.fit_loop.epoch_loop.batch_progress.current.ready - 1}). "
+            f"batch {trainer.fit_loop.epoch_loop.batch_progress.current.ready - 1}){where}. "
             f"Training stopped before the optimizer step, so the weights and the checkpoints already "
             f"written are finite. Likely causes:\n{causes}"
         )
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
-        if not torch.isfinite(loss).all():
-            self._stop(trainer, "The training loss", float(loss.detach().float().flatten()[0]))
+        # Decided on all ranks together: a rank that stopped alone would leave the others waiting in the
+        # gradient all-reduce. Every rank sees every rank's loss and stops at the same step with the same message.
+        values = loss.detach().float().reshape(-1)[:1]
+        if trainer.world_size > 1:
+            values = trainer.strategy.all_gather(values).reshape(-1)
+        bad = [rank for rank, value in enumerate(values.tolist()) if not math.isfinite(value)]
+        if bad:
+            self._stop(trainer, "The training loss", float(values[bad[0]]), bad[0])
 
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
@@ -64,6 +71,7 @@ class NaNGuard(L.Callback):
         if norm is None:  # no parameter has a gradient yet
             return
         pl_module.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+        # DDP has already averaged the gradients, so every rank sees the same norm and takes the same decision.
         if not math.isfinite(float(norm)) and not str(trainer.precision).startswith("16"):
             self._stop(trainer, "The gradient norm", float(norm))
 

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator, Sized
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
 
 from llm_course.errors import ConfigError
 
@@ -42,13 +42,29 @@ def make_loader(
     shuffle: bool = False,
     num_workers: int = 0,
     collate_fn: Callable[[list[Any]], Any] | None = None,
+    sampler: Sampler[int] | None = None,
     **kwargs: Any,
 ) -> DataLoader:
-    """A DataLoader with the course's defaults: epoch-seeded shuffling and persistent workers."""
+    """A DataLoader with the course's defaults: epoch-seeded shuffling, persistent workers, exact evaluation.
+
+    Args:
+        dataset: the samples.
+        batch_size: samples per batch (per process under DDP).
+        shuffle: a training loader: ``sampler`` (default :class:`EpochShuffleSampler`) orders it, and under DDP
+            Lightning shards it. Otherwise an evaluation loader in ``sampler``'s order (default: as stored),
+            sharded by :func:`eval_sampler` so that every sample counts exactly once.
+        num_workers: worker processes.
+        collate_fn: builds a batch from a list of samples.
+        sampler: the order of the samples.
+    """
+    if shuffle:
+        sampler = sampler if sampler is not None else EpochShuffleSampler(dataset)
+    else:
+        sampler = eval_sampler(dataset, sampler)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=EpochShuffleSampler(dataset) if shuffle else None,
+        sampler=sampler,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
         collate_fn=collate_fn,
@@ -56,6 +72,24 @@ def make_loader(
         generator=torch.Generator().manual_seed(int(os.environ.get("PL_GLOBAL_SEED", 0))),
         **kwargs,
     )
+
+
+def eval_sampler(dataset: Sized, sampler: Sampler[int] | None = None) -> Sampler[int] | None:
+    """``sampler`` (or the stored order) as it should be for evaluation: unchanged in one process; under DDP, this
+    rank's share of it with no padding.
+
+    Lightning's own ``DistributedSampler`` pads the last shard with repeats so that every rank gets as many batches,
+    which counts some samples twice in test metrics. Rank ``r`` of ``W`` gets positions ``r, r + W, ...`` of the
+    order instead; torchmetrics then sums counts over ranks, so metrics equal the one-process run's.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return sampler
+    from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSamplerWrapper
+
+    return UnrepeatedDistributedSamplerWrapper(sampler if sampler is not None else SequentialSampler(dataset),
+                                               shuffle=False)  # fmt: skip
 
 
 def check_fractions(val_fraction: float, test_fraction: float = 0.0, prefix: str = "data.") -> None:

@@ -62,6 +62,51 @@ def check_precision(precision: Any, accelerator: Any) -> None:
         )
 
 
+def check_strategy(strategy: Any, accelerator: Any) -> None:
+    """Refuse, before anything is built, the sharded strategies this machine or install cannot run.
+
+    Lightning's ``FSDPStrategy`` needs CUDA: the Trainer refuses ``accelerator="cpu"`` with it, and torch's
+    FSDP wrapper as Lightning calls it (no ``device_id``) needs an accelerator, even though torch's FSDP itself runs
+    on gloo (notes/debug_log.md). DeepSpeed needs its package, which the course does not install by default, and
+    a CUDA device.
+
+    Raises:
+        ConfigError: ``fsdp*`` without a CUDA GPU, or ``deepspeed*`` without the package or a CUDA GPU.
+    """
+    import importlib.util
+
+    def text(value: Any) -> str:  # a registered name ("fsdp"), or the class_path of a strategy/accelerator
+        class_path = value.get("class_path") if hasattr(value, "get") else None
+        return value if isinstance(value, str) else str(class_path or type(value).__name__)
+
+    if strategy is None:
+        return
+    flag = f"--trainer.strategy={text(strategy)}"
+    name = text(strategy).rpartition(".")[2].lower()  # fsdp, deepspeed_stage_3, ...FSDPStrategy -> fsdpstrategy
+    accel = text(accelerator or "auto").rpartition(".")[2].lower()  # cpu, ...CPUAccelerator -> cpuaccelerator
+    no_cuda = not torch.cuda.is_available() or accel.startswith("cpu")
+    if name.startswith("fsdp") and no_cuda:
+        why = f"this run asks for --trainer.accelerator={text(accelerator)}" if accel.startswith("cpu") else (
+            "this machine has no CUDA device")  # fmt: skip
+        raise ConfigError(
+            f"{flag} needs CUDA GPUs: Lightning's FSDP strategy supports CUDA only, and {why}. On CPU use "
+            "--trainer.strategy=ddp (one full replica per process over gloo); keep fsdp for CUDA GPUs "
+            "(--trainer.accelerator=gpu)."
+        )
+    if name.startswith("deepspeed"):
+        missing = []
+        if importlib.util.find_spec("deepspeed") is None:
+            missing.append('the optional deepspeed package (pip install -e ".[deepspeed]" or pip install deepspeed)')
+        if no_cuda:
+            missing.append("a CUDA GPU (--trainer.accelerator=gpu)")
+        if missing:
+            raise ConfigError(
+                f"{flag} needs {' and '.join(missing)}. Without them use --trainer.strategy=ddp (works on CPU and "
+                "GPUs) or, on CUDA GPUs, --trainer.strategy=fsdp (shards parameters, gradients and optimizer state "
+                "like ZeRO stage 3)."
+            )
+
+
 def check_checkpoint(ckpt_path: str | None) -> None:
     """Fail early, in one line, on a ``--ckpt_path`` that is missing or not a complete checkpoint.
 
@@ -140,6 +185,7 @@ class CourseCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         check_precision(cfg["trainer"].get("precision"), cfg["trainer"].get("accelerator"))
+        check_strategy(cfg["trainer"].get("strategy"), cfg["trainer"].get("accelerator"))
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         cfg = self._get(self.config_init, "trainer", default={})

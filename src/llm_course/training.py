@@ -10,6 +10,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
+from torchmetrics import MeanMetric
 
 from llm_course.errors import ConfigError
 
@@ -103,6 +104,17 @@ def configure_optimizers(
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": interval}}
 
 
+def all_gather_objects(items: list[Any]) -> list[Any]:
+    """Every rank's ``items`` concatenated (rank 0's first), on every rank; ``items`` itself in one process."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return list(items)
+    gathered: list[list[Any]] = [[] for _ in range(dist.get_world_size())]
+    dist.all_gather_object(gathered, list(items))
+    return [x for part in gathered for x in part]
+
+
 class TaskModule(L.LightningModule):
     """What every course LightningModule shares: ``training/validation/test_step`` call ``shared_step(batch,
     stage)``, the optimizer and schedule come from YAML, and ``checkpoint_monitor`` names the metric that picks
@@ -115,6 +127,19 @@ class TaskModule(L.LightningModule):
     checkpoint_monitor: tuple[str, str] = ("val/loss", "min")
     optimizer: Callable[..., Optimizer]
     scheduler: Callable[..., LRScheduler] | None = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Sample-weighted means that torchmetrics sums over DDP ranks: exact, unlike a mean of per-rank means.
+        self.eval_loss = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
+
+    def log_loss(self, stage: str, loss: torch.Tensor, batch_size: int) -> None:
+        """Log ``{stage}/loss``: per step and per epoch in training; the exact mean over all samples in evaluation."""
+        if stage == "train":
+            self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size)
+            return
+        self.eval_loss[stage].update(loss.detach().float(), weight=batch_size)
+        self.log(f"{stage}/loss", self.eval_loss[stage], prog_bar=True, on_step=False, on_epoch=True)
 
     def shared_step(self, batch: Any, stage: str) -> torch.Tensor:
         raise NotImplementedError

@@ -47,9 +47,7 @@ class RegressionTask(TaskModule):
         loss = F.mse_loss(pred.float(), y)
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(pred.float(), y)
-        self.log(
-            f"{stage}/loss", loss, prog_bar=True, on_step=stage == "train", on_epoch=True, sync_dist=stage != "train"
-        )
+        self.log_loss(stage, loss, len(y))
         self.log_dict(metrics, on_step=False, on_epoch=True)
         return loss
 

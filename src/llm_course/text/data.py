@@ -249,7 +249,8 @@ class TextClassificationDataModule(L.LightningDataModule):
             if not texts:
                 raise ConfigError("llm-course predict needs data.predict_texts or data.predict_file")
             self.predict_texts = texts
-            self.predict_set = Dataset.from_dict({"input_ids": self.encode(texts)})
+            # the index travels with each text, so predictions gathered from DDP ranks go back into input order
+            self.predict_set = Dataset.from_dict({"input_ids": self.encode(texts), "index": list(range(len(texts)))})
             if not complete(self.cache_path):
                 return
         if not hasattr(self, "splits"):
@@ -267,20 +268,20 @@ class TextClassificationDataModule(L.LightningDataModule):
 
         if not hasattr(self, "_collator"):
             self._collator = DataCollatorWithPadding(self.tokenizer, return_tensors="pt")
-        return self._collator([{k: f[k] for k in ("input_ids", "labels") if k in f} for f in features])
+        batch = self._collator([{k: f[k] for k in ("input_ids", "labels") if k in f} for f in features])
+        if features and "index" in features[0]:
+            batch["index"] = torch.tensor([f["index"] for f in features])
+        return batch
 
     def _eval_loader(self, dataset: Dataset) -> DataLoader:
         sampler = SortedSampler(list(dataset["length"])) if self.hparams.group_by_length else None
-        return DataLoader(dataset, batch_size=self.hparams.eval_batch_size, sampler=sampler,
-                          collate_fn=self.collate, num_workers=self.hparams.num_workers)  # fmt: skip
+        return make_loader(dataset, self.hparams.eval_batch_size, num_workers=self.hparams.num_workers,
+                           collate_fn=self.collate, sampler=sampler)  # fmt: skip
 
     def train_dataloader(self) -> DataLoader:
         ds, hp = self.splits["train"], self.hparams
-        if not hp.group_by_length:
-            return make_loader(ds, hp.batch_size, True, hp.num_workers, self.collate)
-        sampler = LengthGroupedSampler(list(ds["length"]), hp.batch_size)
-        return DataLoader(ds, batch_size=hp.batch_size, sampler=sampler, collate_fn=self.collate,
-                          num_workers=hp.num_workers)  # fmt: skip
+        sampler = LengthGroupedSampler(list(ds["length"]), hp.batch_size) if hp.group_by_length else None
+        return make_loader(ds, hp.batch_size, True, hp.num_workers, self.collate, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self.splits["validation"])
@@ -292,7 +293,7 @@ class TextClassificationDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         # Unsorted, so predictions come back in the order of the input texts.
-        return DataLoader(self.predict_set, batch_size=self.hparams.eval_batch_size, collate_fn=self.collate)
+        return make_loader(self.predict_set, self.hparams.eval_batch_size, collate_fn=self.collate)
 
 
 def complete(folder: Path) -> bool:

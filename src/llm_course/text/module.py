@@ -6,13 +6,12 @@ from typing import Any
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_only
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
 from llm_course.assets import from_pretrained, resolve_model
 from llm_course.errors import ConfigError
-from llm_course.training import TaskModule, maybe_compile
+from llm_course.training import TaskModule, all_gather_objects, maybe_compile
 
 
 def dropout_keys(config) -> list[str]:
@@ -119,9 +118,7 @@ class TextClassifier(TaskModule):
         metrics.update(logits, batch["labels"])
         if stage == "test":
             self.test_confusion.update(logits, batch["labels"])
-        bs = len(batch["labels"])
-        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=stage == "train", on_epoch=True, batch_size=bs,
-                 sync_dist=stage != "train")  # fmt: skip
+        self.log_loss(stage, loss, len(batch["labels"]))
         return loss
 
     def _log_metrics(self, stage: str) -> None:
@@ -147,25 +144,38 @@ class TextClassifier(TaskModule):
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> list[dict]:
         probs = self(batch["input_ids"], batch["attention_mask"]).float().softmax(-1)
         names = self.hparams.labels
-        return [{"label": names[int(p.argmax())], "score": round(float(p.max()), 4)} for p in probs]
+        return [{"index": int(i), "label": names[int(p.argmax())], "score": round(float(p.max()), 4)}
+                for i, p in zip(batch["index"], probs, strict=True)]  # fmt: skip
 
-    @rank_zero_only
     def on_predict_epoch_end(self) -> None:
-        dm, preds = self.trainer.datamodule, [p for batch in self.trainer.predict_loop.predictions for p in batch]
-        lines = [json.dumps({"text": t, **p}) for t, p in zip(getattr(dm, "predict_texts", []), preds, strict=False)]
-        if self.trainer.log_dir:
-            Path(self.trainer.log_dir).mkdir(parents=True, exist_ok=True)
-            (Path(self.trainer.log_dir) / "predictions.jsonl").write_text("\n".join(lines) + "\n")
+        """Write ``<run>/predictions.jsonl`` once, on rank 0: one line per input text, in input order.
+
+        Under DDP each rank predicted its share of the texts; the shares are gathered and put back in order by
+        the index each text carries.
+        """
+        run_dir = self.trainer.log_dir  # collective under DDP: every rank reads it
+        preds = [p for batch in self.trainer.predict_loop.predictions for p in batch]
+        preds = sorted(all_gather_objects(preds), key=lambda p: p["index"])
+        if not self.trainer.is_global_zero:
+            return
+        texts = self.trainer.datamodule.predict_texts
+        assert [p["index"] for p in preds] == list(range(len(texts))), "a text was predicted twice or not at all"
+        lines = [json.dumps({"text": texts[p.pop("index")], **p}) for p in preds]
+        if run_dir:
+            Path(run_dir).mkdir(parents=True, exist_ok=True)
+            (Path(run_dir) / "predictions.jsonl").write_text("\n".join(lines) + "\n")
         print("\n".join(lines))
 
-    @rank_zero_only
     def on_fit_end(self) -> None:
-        """Save the best weights (by ``val/f1``) and the tokenizer as a plain HF folder, ``<run>/hf_model/``."""
+        """Every rank loads the best weights (by ``val/f1``); rank 0 saves them with the tokenizer as a plain HF
+        folder, ``<run>/hf_model/``, while the others wait."""
+        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # collective under DDP
         best = getattr(self.trainer.checkpoint_callback, "best_model_path", "")
         if best and Path(best).is_file():
             self.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
-        out = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "hf_model"
-        self.net.save_pretrained(out)
-        tokenizer = getattr(self.trainer.datamodule, "tokenizer", None)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(out)
+        if self.trainer.is_global_zero:
+            self.net.save_pretrained(run_dir / "hf_model")
+            tokenizer = getattr(self.trainer.datamodule, "tokenizer", None)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(run_dir / "hf_model")
+        self.trainer.strategy.barrier("save_hf")

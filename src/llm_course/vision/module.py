@@ -60,9 +60,7 @@ class ImageClassifier(TaskModule):
         loss = F.cross_entropy(logits.float(), y, label_smoothing=self.hparams.label_smoothing)
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(logits, y)
-        self.log(
-            f"{stage}/loss", loss, prog_bar=True, on_step=stage == "train", on_epoch=True, sync_dist=stage != "train"
-        )
+        self.log_loss(stage, loss, len(y))
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
         if stage == "test":
             self.test_confusion.update(logits, y)

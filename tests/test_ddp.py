@@ -1,0 +1,111 @@
+"""Module 5: every task and every stage under DDP on 2 CPU processes (gloo), as real ``llm-course`` commands.
+
+Each command runs in a subprocess with a timeout, so a hang fails the test instead of stalling CI. Checked: files
+are written once (one run directory per command, by rank 0), all ranks hold the same weights after ``fit``, test
+metrics count every sample exactly once and equal the one-process run on the same checkpoint, and predictions come
+back one per input, in input order.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import CONFIGS, ROOT
+
+DDP = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]
+ONE = ["--trainer.accelerator=cpu", "--trainer.devices=1"]
+TIMEOUT = 240
+
+
+def llm_course(*args: str, timeout: int = TIMEOUT) -> subprocess.CompletedProcess:
+    """``python -m llm_course ARGS`` in a fresh process (Lightning launches the second rank from it)."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}  # fmt: skip
+    try:
+        proc = subprocess.run([sys.executable, "-m", "llm_course", *map(str, args)], capture_output=True, text=True,
+                              timeout=timeout, env=env, cwd=ROOT)  # fmt: skip
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f"llm-course {' '.join(map(str, args[:3]))} hung for {timeout} s:\n{(err.stderr or b'')[-2000:]}")
+    return proc
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def callback(class_name: str, **init_args) -> str:
+    return "--trainer.callbacks+=" + json.dumps({"class_path": f"helpers.ddp_probe.{class_name}",
+                                                 "init_args": init_args})  # fmt: skip
+
+
+def runs(root: Path) -> list[Path]:
+    return sorted((root / "tensorboard_logs").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+
+
+TASKS = {  # task: (config, fixture with its data arguments, test samples, fit arguments)
+    "linreg": ("linreg.yaml", None, 100, ["--trainer.max_epochs=2"]),
+    "vision": ("fashion_mnist.yaml", "tiny_idx_args", 40, ["--trainer.max_epochs=2"]),
+    "text": ("imdb.yaml", "tiny_text_args", 16, ["--trainer.max_epochs=2", "--trainer.val_check_interval=1.0"]),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", list(TASKS))
+def test_every_stage_under_ddp(task, tmp_path, request, tiny_bert):
+    config, fixture, n_test, fit_args = TASKS[task]
+    data = request.getfixturevalue(fixture) if fixture else []
+    if task == "text":
+        data = [*data, f"--model.init_args.model_name_or_path={tiny_bert}"]
+    root = tmp_path / "out"
+    common = ["--config", CONFIGS / config, f"--trainer.default_root_dir={root}", *data]
+
+    # fit: every rank ends with the best weights; one run directory, written by rank 0
+    ok(llm_course("fit", *common, *DDP, *fit_args, callback("WeightsDigest", folder=str(tmp_path / "digest"))))
+    digests = {p.name: p.read_text() for p in (tmp_path / "digest").glob("*.sha256")}
+    assert set(digests) == {"rank0.sha256", "rank1.sha256"} and len(set(digests.values())) == 1
+    (fit_run,) = runs(root)
+    best = fit_run / "checkpoints" / "best.ckpt"
+    assert best.is_file() and (fit_run / "checkpoints" / "last.ckpt").is_file()
+    if task == "text":
+        assert (fit_run / "hf_model" / "config.json").is_file()
+
+    # validate and test on 2 processes, then test on 1: the same metrics, every test sample counted once
+    ok(llm_course("validate", *common, *DDP, f"--ckpt_path={best}"))
+    ok(llm_course("test", *common, *DDP, f"--ckpt_path={best}"))
+    ok(llm_course("test", *common, *ONE, f"--ckpt_path={best}"))
+    _, validate_run, test2_run, test1_run = runs(root)
+    two, one = (json.loads((r / "metrics.json").read_text()) for r in (test2_run, test1_run))
+    assert not (validate_run / "metrics.json").exists()
+    assert set(two) == set(one)
+    for key, value in one.items():
+        if isinstance(value, list):  # the confusion matrix: counts, exactly
+            assert two[key] == value, key
+        else:
+            assert two[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    if "test/confusion_matrix" in one:
+        assert sum(map(sum, two["test/confusion_matrix"])) == n_test
+
+    # predict on 2 processes
+    texts = ["a wonderful film", "a dull mess", "great acting", "I hated it", "brilliant fun"]  # odd: uneven shards
+    predict_args = [f"--data.init_args.predict_texts={json.dumps(texts)}"] if task == "text" else []
+    ok(llm_course("predict", *common, *DDP, f"--ckpt_path={best}", *predict_args))
+    predict_run = runs(root)[-1]
+    assert len(runs(root)) == 5  # one run directory per command: nothing written twice
+    if task == "text":
+        lines = [json.loads(x) for x in (predict_run / "predictions.jsonl").read_text().splitlines()]
+        assert [x["text"] for x in lines] == texts
+        assert all(x["label"] in ("neg", "pos") and 0.5 <= x["score"] <= 1 for x in lines)
+
+
+@pytest.mark.slow
+def test_a_nan_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    proc = llm_course("fit", "--config", CONFIGS / "linreg.yaml", *DDP, f"--trainer.default_root_dir={tmp_path}",
+                      "--trainer.max_epochs=3", callback("NaNOnRank", rank=1, step=3))  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    message = "error: The training loss is nan at global step 3 (epoch 0, batch 3) on rank 1 of 2."
+    assert proc.stderr.count(message) == 2  # both ranks stopped, at the same step, with the same message
