@@ -109,3 +109,62 @@ def test_a_nan_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
     assert proc.returncode == 1, proc.stderr[-3000:]
     message = "error: The training loss is nan at global step 3 (epoch 0, batch 3) on rank 1 of 2."
     assert proc.stderr.count(message) == 2  # both ranks stopped, at the same step, with the same message
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(*args: str, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *map(str, args)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def torchrun_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+            "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}  # fmt: skip
+
+
+def finish(procs: list[subprocess.Popen]) -> list[str]:
+    """Wait for every launch (all killed on a timeout) and return their stderr."""
+    try:
+        errs = [p.communicate(timeout=TIMEOUT)[1] for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        pytest.fail("a torchrun launch hung")
+    for p, err in zip(procs, errs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    return errs
+
+
+@pytest.mark.slow
+def test_torchrun_one_node_two_processes(tmp_path):
+    """Under torchrun, Lightning takes rank and world size from the environment instead of launching processes."""
+    env = torchrun_env()
+    finish([torchrun("--nproc_per_node=2", f"--master_port={free_port()}", "-m", "llm_course", "fit", "--config",
+                     CONFIGS / "linreg.yaml", *DDP, "--trainer.max_epochs=1", f"--trainer.default_root_dir={tmp_path}",
+                     callback("TouchPerRank", folder=str(tmp_path / "ranks")), env=env)])  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "ranks").iterdir()) == ["rank0-of-2", "rank1-of-2"]
+    (run,) = runs(tmp_path)
+    # 800 rows, batch 32, 2 ranks: 13 steps in the epoch
+    assert __import__("torch").load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 13
+
+
+@pytest.mark.slow
+def test_torchrun_two_nodes_on_one_machine(tmp_path):
+    """Two launches, one process each, meeting at a rendezvous on 127.0.0.1: multi-node without a cluster."""
+    env, port = torchrun_env(), free_port()
+    common = ["--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
+              "--rdzv-id=course-test", "-m", "llm_course", "fit", "--config", CONFIGS / "linreg.yaml",
+              "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.num_nodes=2", "--trainer.strategy=ddp",
+              "--trainer.max_epochs=1", f"--trainer.default_root_dir={tmp_path}",
+              callback("TouchPerRank", folder=str(tmp_path / "ranks"))]  # fmt: skip
+    finish([torchrun("--node_rank=0", *common, env=env), torchrun("--node_rank=1", *common, env=env)])
+    assert sorted(p.name for p in (tmp_path / "ranks").iterdir()) == ["rank0-of-2", "rank1-of-2"]
+    (run,) = runs(tmp_path)
+    assert __import__("torch").load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 13

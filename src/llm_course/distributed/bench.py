@@ -232,7 +232,8 @@ def figure(records: dict[str, dict[str, Any]], results: dict[str, Any], processe
     ax1.set(xlabel="optimizer step", ylabel="training loss (global batch)",
             title=f"1 vs {processes} processes, same global batch\nmax |difference|: {gaps}")  # fmt: skip
     ax1.legend(fontsize=8)
-    names, labels = list(records), [r["label"].replace(", ", "\n", 1) for r in records.values()]
+    names = list(records)
+    labels = [r["label"].replace(", ", "\n", 1).replace(" × ", "\n× ") for r in records.values()]
     colors = ["tab:blue" if r["framework"] == "lightning" else "tab:orange" for r in records.values()]
     bars = ax2.bar(range(len(names)), [r["samples_per_sec"] for r in records.values()], color=colors)
     ax2.bar_label(bars, fmt="%.1f", fontsize=8)
