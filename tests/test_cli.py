@@ -160,3 +160,37 @@ def test_benchmarks_keep_progress_on_stderr(tmp_path, capsys):
     run = fit_then_test(["--config", LINREG, f"--trainer.default_root_dir={tmp_path}", "--trainer.max_epochs=1"])
     err = capsys.readouterr().err
     assert "epoch 0 done in " in err and run.test["test/loss"] > 0
+
+
+@pytest.mark.parametrize(
+    ("cuda", "gpu_bf16", "cpu_bf16", "accelerator", "expected"),
+    [
+        (True, True, False, "auto", "bf16-mixed"),  # Ampere and newer
+        (True, False, False, "gpu", "16-mixed"),  # Volta, Turing: fp16 autocast + grad scaler
+        (False, False, True, "auto", "bf16-mixed"),  # AVX512-BF16 / AMX CPU
+        (False, False, False, "auto", "32-true"),  # bf16 would be emulated
+        (True, True, False, "cpu", "32-true"),  # a GPU exists but the run is on the CPU, which has no bf16 units
+    ],
+)
+def test_auto_precision_fits_the_hardware(monkeypatch, cuda, gpu_bf16, cpu_bf16, accelerator, expected):
+    from llm_course import trainer_cli
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: gpu_bf16)
+    monkeypatch.setattr(trainer_cli, "cpu_has_bf16_units", lambda: cpu_bf16)
+    precision, reason = trainer_cli.auto_precision(accelerator)
+    assert precision == expected and reason
+
+
+def test_auto_precision_is_logged_and_an_explicit_value_wins(tmp_path, caplog):
+    import logging
+
+    from llm_course.trainer_cli import CourseCLI, auto_precision
+
+    args = ["--config", LINREG, f"--trainer.default_root_dir={tmp_path}", "--trainer.accelerator=cpu"]
+    with caplog.at_level(logging.INFO):
+        cli = CourseCLI([*args, "--trainer.precision=auto"], run=False)
+    chosen, reason = auto_precision("cpu")
+    assert cli.trainer.precision == chosen and f"precision: auto -> {chosen} ({reason})" in caplog.text
+    assert CourseCLI([*args, "--trainer.precision=bf16-mixed"], run=False).trainer.precision == "bf16-mixed"
+    assert CourseCLI(args, run=False).trainer.precision == "32-true"  # linreg.yaml says so

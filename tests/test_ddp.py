@@ -16,8 +16,9 @@ import pytest
 
 from conftest import CONFIGS, ROOT
 
-DDP = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]
-ONE = ["--trainer.accelerator=cpu", "--trainer.devices=1"]
+# fp32, so that the 1- and 2-process results can be compared exactly (auto could pick bf16 on an AMX CPU)
+DDP = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.precision=32-true"]
+ONE = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.precision=32-true"]
 TIMEOUT = 240
 
 

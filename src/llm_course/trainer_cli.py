@@ -9,13 +9,15 @@ import sys
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.fabric.connector import _PRECISION_INPUT
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
 
 from llm_course.callbacks import ExportBestWeights, NaNGuard, ProgressLog, RNGState, TestReport, ThroughputMemory
 from llm_course.errors import ConfigError, MissingFileError
@@ -47,6 +49,8 @@ def check_precision(precision: Any, accelerator: Any) -> None:
     Raises:
         ConfigError: ``16-mixed`` (or ``16``) was asked for on a CPU.
     """
+    if precision == "auto":
+        return
     on_cpu = accelerator == "cpu" or (accelerator in ("auto", None) and not torch.cuda.is_available())
     if on_cpu and str(precision) in ("16-mixed", "16"):
         raise ConfigError(
@@ -130,6 +134,39 @@ def check_checkpoint(ckpt_path: str | None) -> None:
         )
 
 
+def auto_precision(accelerator: Any = "auto") -> tuple[str, str]:
+    """The precision that fits the hardware, and why (LitGPT's ``get_default_supported_precision``, plus the CPU).
+
+    bf16-mixed on GPUs with bf16 units (Ampere and newer), 16-mixed on older GPUs (fp16 autocast + grad scaler),
+    bf16-mixed on CPUs that multiply bf16 in hardware (AVX512-BF16 or AMX), 32-true on other CPUs, where bf16 is
+    emulated and much slower than fp32.
+
+    Returns:
+        ``(precision, reason)``.
+    """
+    cuda = accelerator in ("gpu", "cuda") or (accelerator in ("auto", None) and torch.cuda.is_available())
+    if cuda:
+        if torch.cuda.is_bf16_supported():
+            return "bf16-mixed", "this GPU computes in bfloat16 natively"
+        return "16-mixed", "this GPU has no bfloat16 units: float16 autocast with a gradient scaler"
+    if cpu_has_bf16_units():
+        return "bf16-mixed", "this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX)"
+    return "32-true", "this CPU has no AVX512-BF16/AMX, so bfloat16 would be emulated (about 15x slower here)"
+
+
+class CourseTrainer(L.Trainer):
+    """Lightning's Trainer with one more precision choice, ``auto`` (the CLI's default): :func:`auto_precision`
+    picks the value for this hardware and logs what it chose and why. An explicit precision always wins."""
+
+    def __init__(
+        self, *args: Any, precision: _PRECISION_INPUT | Literal["auto"] | None = "auto", **kwargs: Any
+    ) -> None:
+        if precision == "auto":
+            precision, reason = auto_precision(kwargs.get("accelerator", "auto"))
+            rank_zero_info(f"precision: auto -> {precision} ({reason})")
+        super().__init__(*args, precision=precision, **kwargs)
+
+
 def default_callbacks(trainer_cfg: dict[str, Any], model: Any, has_logger: bool) -> list[Callback]:
     """The callbacks every run gets, minus any of the same kind the config already lists.
 
@@ -157,6 +194,7 @@ class CourseCLI(LightningCLI):
         super().__init__(
             model_class=L.LightningModule,
             datamodule_class=L.LightningDataModule,
+            trainer_class=CourseTrainer,
             subclass_mode_model=True,
             subclass_mode_data=True,
             seed_everything_default=42,
