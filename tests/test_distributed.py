@@ -49,9 +49,10 @@ def test_the_loop_takes_a_config_file(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_accelerate_launch_on_two_cpu_processes_matches_the_lightning_run(tmp_path, tiny_bert, monkeypatch):
-    """``accelerate launch`` with the config file, 2 processes × batch 8, against ``llm-course fit`` on one process
-    × batch 16 with the same settings: the same loss at every step (gradients all-reduced = the whole batch's), the
-    same validation metrics over every validation sample once, the same weights at the end."""
+    """``accelerate launch`` with the config file, 2 processes × 2 accumulated micro-batches of 4, against
+    ``llm-course fit`` on one process × batch 16, same settings otherwise: the same loss at every step (gradients
+    accumulated without sync, then all-reduced = the whole batch's), the same validation metrics over every
+    validation sample once, the same weights at the end."""
     monkeypatch.setenv("LLM_COURSE_CACHE", str(tmp_path / "cache"))
     train = write_jsonl(tmp_path / "train.jsonl", review_rows(128))
     settings = {"max_length": 32, "group_by_length": "false", "val_fraction": 0.25}  # 96 train, 32 validation
@@ -69,7 +70,8 @@ def test_accelerate_launch_on_two_cpu_processes_matches_the_lightning_run(tmp_pa
     accelerate = Path(sys.executable).parent / "accelerate"
     command = [str(accelerate), "launch", "--config_file", str(ACCELERATE_CONFIG), "--main_process_port", "0",
                "-m", "llm_course.distributed.accelerate_loop", f"--train_file={train}",
-               f"--model_name_or_path={tiny_bert}", "--batch_size=8", *[f"--{k}={v}" for k, v in settings.items()],
+               f"--model_name_or_path={tiny_bert}", "--batch_size=4", "--gradient_accumulation_steps=2",
+               *[f"--{k}={v}" for k, v in settings.items()],
                "--lr=0.003", "--epochs=4", f"--output_dir={out}"]  # fmt: skip
     run_process(command, dict(os.environ), tmp_path / "accelerate.log", TIMEOUT)
     log = (tmp_path / "accelerate.log").read_text()
@@ -121,7 +123,8 @@ def test_bench_ddp_on_tiny_data(tmp_path, tiny_bert, monkeypatch):
                          "accelerate_2p_1t"}  # fmt: skip
     for name, run in runs.items():
         assert run["steps"] == 4 and run["samples"] == 32, name
-        assert run["samples_per_sec"] > 0 and run["train_seconds"] > 0, name
+        assert run["samples_per_sec"] > 0 and run["samples_per_sec_median_step"] > 0 and run["train_seconds"] > 0
+        assert len(run["step_seconds"]) == 4 and len(run["load_average"]) == 2, name
         assert len(run["peak_mem_mb"]) == run["world_size"] == run["processes"], name
         assert run["threads_per_process"] == run["threads"], name  # OMP_NUM_THREADS reached the workers
         assert shlex.split(run["command"])[0] == sys.executable

@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, str] = {
     "quant-inference": "llm_course.sft.bench:bench_quant_inference",
     "sft": "llm_course.sft.bench:bench_sft",
     "ddp": "llm_course.distributed.bench:bench_ddp",
+    "precision": "llm_course.optimization.bench:bench_precision",
 }
 
 

@@ -146,7 +146,7 @@ def train(
                       f"({accelerator.distributed_type}), {torch.get_num_threads()} thread(s) each; "
                       f"global batch {batch_size * accelerator.num_processes * gradient_accumulation_steps}, "
                       f"{total_steps} optimizer steps")  # fmt: skip
-    losses, micro, samples, seconds, step = [], [], 0, 0.0, 0
+    losses, step_seconds, micro, samples, seconds, step, step_time = [], [], [], 0, 0.0, 0, 0.0
     reset_peak(accelerator.device)
     model.train()
     for epoch in range(epochs):
@@ -172,8 +172,13 @@ def train(
                 micro = []
                 check_finite(value, float(norm), step)  # the same values on every process: all stop together
                 losses.append(value)
-            seconds += time.perf_counter() - start
-            if accelerator.sync_gradients and (step % log_every_n_steps == 0 or step == total_steps):
+            elapsed = time.perf_counter() - start
+            seconds, step_time = seconds + elapsed, step_time + elapsed
+            if not accelerator.sync_gradients:
+                continue
+            step_seconds.append(step_time)
+            step_time = 0.0
+            if step % log_every_n_steps == 0 or step == total_steps:
                 accelerator.print(f"step {step}/{total_steps}  loss {losses[-1]:.4f}  "
                                   f"{samples * accelerator.num_processes / seconds:.1f} samples/s")  # fmt: skip
             if step >= total_steps:
@@ -186,8 +191,10 @@ def train(
     seconds = float(accelerator.reduce(torch.tensor(seconds, device=device), reduction="max"))  # the slowest
     samples = int(accelerator.reduce(torch.tensor(samples, device=device), reduction="sum"))
     val = evaluate(accelerator, model, val_loader, classifier.val_metrics.to(device)) if validate else {}
-    accelerator.print("  ".join(f"{k} {v:.4f}" for k, v in val.items()))
-    record = run_record("accelerate", accelerator.num_processes, device, losses, samples, seconds, peaks, val)
+    if val:
+        accelerator.print("  ".join(f"{k} {v:.4f}" for k, v in val.items()))
+    record = run_record("accelerate", accelerator.num_processes, device, losses, step_seconds, samples, seconds, peaks,
+                        val)  # fmt: skip
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

@@ -8,6 +8,7 @@ llm_course.distributed.accelerate_loop ...``, ``accelerate launch ...``), and wr
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,10 @@ from typing import Any, Literal
 from llm_course.errors import ConfigError, MissingFileError
 from llm_course.plotting import subplots
 from llm_course.reports import write_report
+
+THROUGHPUT = "samples_per_sec_median_step"  # global batch / median step time: robust to bursts of other load
+LIGHTNING_PRECISION = {"32": "32-true", "bf16": "bf16-mixed"}
+ACCELERATE_PRECISION = {"32": "no", "bf16": "bf16"}
 
 
 @dataclass(frozen=True)
@@ -56,13 +61,14 @@ def plan(processes: int, cpu: bool, accelerate: bool) -> list[Run]:
 def lightning_command(run: Run, common: dict[str, Any], record: Path) -> list[str]:
     c = common
     callback = {"class_path": "llm_course.distributed.steplog.StepLog", "init_args": {"path": str(record)}}
-    model = [f"--model.init_args.model_name_or_path={c['model']}"] if c["model"] else []
     # strategy=ddp on one process too: Lightning then orders the training samples as it does on N (its
     # DistributedSampler re-shuffles any training sampler), so the curves compare the same global batches.
     return [
-        sys.executable, "-m", "llm_course", "fit", "--config", c["task_config"], *model,
+        sys.executable, "-m", "llm_course", "fit", "--config", c["task_config"],
+        f"--model.init_args.model_name_or_path={c['model']}",
         f"--trainer.accelerator={'cpu' if c['cpu'] else 'gpu'}", f"--trainer.devices={run.processes}",
-        "--trainer.strategy=ddp", f"--trainer.max_steps={c['steps']}", "--trainer.max_epochs=1",
+        "--trainer.strategy=ddp", f"--trainer.precision={LIGHTNING_PRECISION[c['precision']]}",
+        f"--trainer.max_steps={c['steps']}", "--trainer.max_epochs=1",
         "--trainer.accumulate_grad_batches=1", "--trainer.limit_val_batches=0", "--trainer.num_sanity_val_steps=0",
         "--trainer.enable_checkpointing=false", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
         f"--trainer.default_root_dir={record.parent}", f"--trainer.callbacks={json.dumps([callback])}",
@@ -81,7 +87,8 @@ def accelerate_command(run: Run, common: dict[str, Any], record: Path) -> list[s
         f"--train_file={c['train_file']}", f"--max_train_samples={c['samples']}", f"--max_steps={c['steps']}",
         f"--batch_size={c['global_batch_size'] // run.processes}", f"--max_length={c['max_length']}",
         "--group_by_length=false", "--validate=false", "--save_model=false", f"--cpu={str(c['cpu']).lower()}",
-        f"--output_dir={record.parent}", *([f"--model_name_or_path={c['model']}"] if c["model"] else []),
+        f"--mixed_precision={ACCELERATE_PRECISION[c['precision']]}",
+        f"--output_dir={record.parent}", f"--model_name_or_path={c['model']}",
     ]  # fmt: skip
 
 
@@ -114,11 +121,12 @@ def bench_ddp(
     output_dir: str = "outputs/bench",
     processes: int = 2,
     global_batch_size: int = 16,
-    steps: int = 30,
+    steps: int = 20,
     max_length: int = 128,
+    precision: Literal["32", "bf16"] = "32",
     accelerate: bool = False,
     accelerator: Literal["auto", "cpu", "gpu"] = "auto",
-    model_name_or_path: str | None = None,
+    model_name_or_path: str = "minilm",
     task_config: str = "configs/imdb.yaml",
     accelerate_config: str = "configs/accelerate/cpu_2proc.yaml",
     timeout: float = 1800,
@@ -132,10 +140,13 @@ def bench_ddp(
     each process gets one thread, and the one-process run is repeated with ``processes`` threads, the fair
     baseline on a machine with that many cores. On GPUs, one process per GPU.
 
-    Reported per run: ``samples_per_sec`` (training batches only: forward, backward, all-reduce, optimizer
-    step), the loss of every step (averaged over processes) and the peak memory of each process (resident set on
-    a CPU, CUDA allocator on a GPU). ``scaling_efficiency`` = N-process samples/s ÷ (N × one-process one-thread
-    samples/s); ``speedup_vs_one_process`` compares with the one-process run on all threads.
+    Reported per run: throughput of the training steps alone (forward, backward, all-reduce, optimizer step):
+    ``samples_per_sec_median_step`` (global batch ÷ median step time, which the summaries use: the first step's
+    warm-up and bursts of load from other programs do not move it) and ``samples_per_sec`` (all steps); the loss
+    of every step (averaged over processes); the peak memory of each process (resident set on a CPU, CUDA
+    allocator on a GPU); the machine's load average before and after. ``scaling_efficiency`` = N-process
+    samples/s ÷ (N × one-process one-thread samples/s); ``speedup_vs_one_process`` compares with the
+    one-process run on all threads.
 
     Args:
         train_file: the training texts (e.g. ``../shared/data/imdb/train.jsonl.gz``).
@@ -144,10 +155,13 @@ def bench_ddp(
         global_batch_size: samples per optimizer step, all processes together; divisible by ``processes``.
         steps: optimizer steps per run.
         max_length: tokens per text.
+        precision: ``32`` (fp32) or ``bf16`` (bf16 autocast: ``bf16-mixed`` in Lightning, ``bf16`` in Accelerate),
+            the same in every run whatever the task config says.
         accelerate: also run the Accelerate loop on 1 and ``processes`` processes.
         accelerator: ``cpu``, ``gpu``, or ``auto`` (GPUs when CUDA is available).
-        model_name_or_path: the model to fine-tune; default: the task config's.
-        task_config: the Lightning config of the task.
+        model_name_or_path: the model to fine-tune (``minilm``: the embedded MiniLM-L6).
+        task_config: the Lightning config of the task; the Accelerate loop's defaults are ``configs/imdb.yaml``'s
+            (optimizer, schedule, clipping, dropout, truncation, validation share).
         accelerate_config: the ``accelerate launch`` config file of the multi-process Accelerate run.
         timeout: seconds allowed per run before its processes are killed.
     """
@@ -166,6 +180,7 @@ def bench_ddp(
         raise ConfigError(f"--processes={processes} GPUs asked for, {torch.cuda.device_count()} visible")
     common = {"train_file": str(Path(train_file).resolve()), "samples": steps * global_batch_size, "steps": steps,
               "global_batch_size": global_batch_size, "max_length": max_length, "model": model_name_or_path,
+              "precision": precision,
               "task_config": task_config, "accelerate_config": accelerate_config, "cpu": cpu}  # fmt: skip
     runs_dir = Path(output_dir) / "ddp_runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -180,17 +195,23 @@ def bench_ddp(
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
         if run.threads:
             env |= {"OMP_NUM_THREADS": str(run.threads), "MKL_NUM_THREADS": str(run.threads)}
+        load_before = os.getloadavg()[0]
         wall = run_process(command, env, runs_dir / f"{run.name}.log", timeout)
+        shutil.rmtree(record.parent / "hf_model", ignore_errors=True)  # 90 MB per run that nothing here reads
         records[run.name] = {**json.loads(record.read_text()), "label": run.label, "processes": run.processes,
                              "threads": run.threads, "wall_seconds": round(wall, 1),
+                             # the 1-minute load average: above the core count, other programs took CPU time
+                             "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
                              "command": " ".join(command)}  # fmt: skip
         r = records[run.name]
-        print(f"{run.label}: {r['samples_per_sec']:.2f} samples/s, final loss {r['losses'][-1]:.4f}, "
-              f"peak {max(r['peak_mem_mb']):.0f} MiB per process, {wall:.0f} s in all", flush=True)  # fmt: skip
+        print(f"{run.label}: {r[THROUGHPUT]:.2f} samples/s (median step; mean {r['samples_per_sec']:.2f}), "
+              f"final loss {r['losses'][-1]:.4f}, peak {max(r['peak_mem_mb']):.0f} MiB per process, "
+              f"{wall:.0f} s in all, load average {r['load_average']}", flush=True)  # fmt: skip
 
     results = summarize(records, processes, cpu)
-    results["settings"] = {**{k: common[k] for k in ("samples", "steps", "global_batch_size", "max_length")},
-                           "model": model_name_or_path or f"the one in {task_config}", "processes": processes,
+    keys = ("samples", "steps", "global_batch_size", "max_length", "precision")
+    results["settings"] = {**{k: common[k] for k in keys},
+                           "model": model_name_or_path, "processes": processes,
                            "device": "cpu" if cpu else "gpu", "train_file": str(train_file),
                            "task_config": task_config, "accelerate_config": accelerate_config}  # fmt: skip
     results["runs"] = records
@@ -209,14 +230,16 @@ def summarize(records: dict[str, dict[str, Any]], processes: int, cpu: bool) -> 
         many = records.get(Run(fw, processes, 1 if cpu else None).name)
         if not (one and many):
             continue
-        out["scaling_efficiency"][fw] = round(many["samples_per_sec"] / (processes * one["samples_per_sec"]), 3)
+        out["scaling_efficiency"][fw] = round(many[THROUGHPUT] / (processes * one[THROUGHPUT]), 3)
         baseline = records.get(Run(fw, 1, processes).name, one) if cpu else one
-        out["speedup_vs_one_process"][fw] = round(many["samples_per_sec"] / baseline["samples_per_sec"], 3)
+        out["speedup_vs_one_process"][fw] = round(many[THROUGHPUT] / baseline[THROUGHPUT], 3)
         gaps = [abs(a - b) for a, b in zip(one["losses"], many["losses"], strict=True)]
         out["loss_max_abs_diff"][fw] = float(f"{max(gaps):.3g}")
-    one, many = (records.get(Run(fw, processes, 1 if cpu else None).name) for fw in ("lightning", "accelerate"))
-    if one and many:
-        out["accelerate_vs_lightning_samples_per_sec"] = round(many["samples_per_sec"] / one["samples_per_sec"], 3)
+    for n in (1, processes):  # the same setting, the two frameworks
+        lit, acc = (records.get(Run(fw, n, 1 if cpu else None).name) for fw in ("lightning", "accelerate"))
+        if lit and acc:
+            ratios = out.setdefault("accelerate_vs_lightning_samples_per_sec", {})
+            ratios[f"{n}p"] = round(acc[THROUGHPUT] / lit[THROUGHPUT], 3)
     return out
 
 
@@ -235,10 +258,10 @@ def figure(records: dict[str, dict[str, Any]], results: dict[str, Any], processe
     names = list(records)
     labels = [r["label"].replace(", ", "\n", 1).replace(" × ", "\n× ") for r in records.values()]
     colors = ["tab:blue" if r["framework"] == "lightning" else "tab:orange" for r in records.values()]
-    bars = ax2.bar(range(len(names)), [r["samples_per_sec"] for r in records.values()], color=colors)
+    bars = ax2.bar(range(len(names)), [r[THROUGHPUT] for r in records.values()], color=colors)
     ax2.bar_label(bars, fmt="%.1f", fontsize=8)
     effs = ", ".join(f"{fw} {e:.2f}" for fw, e in results["scaling_efficiency"].items())
-    ax2.set(ylabel="samples/s (training batches only)", title=f"throughput; scaling efficiency: {effs}")
+    ax2.set(ylabel="samples/s (training steps only, median step)", title=f"throughput; scaling efficiency: {effs}")
     ax2.set_xticks(range(len(names)), labels, fontsize=7)
     bars = ax3.bar(range(len(names)), [max(r["peak_mem_mb"]) for r in records.values()], color=colors)
     ax3.bar_label(bars, fmt="%.0f", fontsize=8)

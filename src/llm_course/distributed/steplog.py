@@ -1,13 +1,14 @@
 """What a multi-process training run measured, the same way for a Lightning run and for the Accelerate loop.
 
 A run record (a JSON file) holds the loss of every optimizer step averaged over all processes (the loss of the
-global batch, which 1- and N-process runs at equal global batch share), the training time (forward, backward,
-gradient sync and optimizer steps; not data loading, validation or set-up), the samples trained, the peak memory
-of each process and the last validation metrics. :class:`StepLog` records one for a Lightning run; the Accelerate
+global batch, which 1- and N-process runs at equal global batch share), the training time of every step (forward,
+backward, gradient sync and optimizer step; not data loading, validation or set-up), the samples trained, the peak
+memory of each process and the last validation metrics. :class:`StepLog` records one for a Lightning run; the Accelerate
 loop writes its own with :func:`run_record`.
 """
 
 import json
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ def run_record(
     world_size: int,
     device: torch.device,
     losses: list[float],
+    step_seconds: list[float],
     samples: int,
     train_seconds: float,
     peak_mem_mb: list[float],
@@ -35,11 +37,13 @@ def run_record(
         world_size: processes in the run.
         device: the device of this process (``cpu`` or ``cuda:N``).
         losses: loss of each optimizer step, averaged over processes.
+        step_seconds: training time of each optimizer step (rank 0's; the all-reduce keeps the ranks in step).
         samples: samples trained, all processes together.
         train_seconds: training time of the slowest process.
         peak_mem_mb: peak memory of each process during training (resident set on a CPU, CUDA allocator on a GPU).
         val: the last validation metrics (``val/acc``, ``val/f1``, ``val/loss``), if any.
     """
+    median = statistics.median(step_seconds) if step_seconds else float("nan")
     return {
         "framework": framework,
         "world_size": world_size,
@@ -50,6 +54,9 @@ def run_record(
         "samples": samples,
         "train_seconds": round(train_seconds, 3),
         "samples_per_sec": round(samples / max(train_seconds, 1e-9), 3),
+        # the median step: robust to the first step's warm-up and to bursts of load from other programs
+        "samples_per_sec_median_step": round(samples / max(len(losses), 1) / median, 3),
+        "step_seconds": [round(x, 4) for x in step_seconds],
         "peak_mem_mb": [round(x, 1) for x in peak_mem_mb],
         "memory": "cuda_allocated" if device.type == "cuda" else "rss",
         "val": val or {},
@@ -77,7 +84,9 @@ class StepLog(L.Callback):
     def __init__(self, path: str) -> None:
         self.path = path
         self.losses: list[float] = []
+        self.step_seconds: list[float] = []
         self.seconds = 0.0
+        self._step_time = 0.0
         self.samples = 0
         self.val: dict[str, float] = {}
         self._micro: list[torch.Tensor] = []
@@ -94,13 +103,16 @@ class StepLog(L.Callback):
                            batch_idx: int) -> None:  # fmt: skip
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)
-        self.seconds += time.perf_counter() - self._start
+        elapsed = time.perf_counter() - self._start
+        self.seconds += elapsed
+        self._step_time += elapsed
         self.samples += len(batch["labels"])
         self._micro.append(outputs["loss"].detach().float())
         if trainer.global_step > self._last_step:  # an optimizer step happened (after accumulation)
             local = torch.stack(self._micro).sum()  # Lightning hands over each loss divided by the accumulation
             self.losses.append(float(trainer.strategy.reduce(local, reduce_op="mean")))
-            self._micro, self._last_step = [], trainer.global_step
+            self.step_seconds.append(self._step_time)
+            self._micro, self._last_step, self._step_time = [], trainer.global_step, 0.0
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
@@ -112,6 +124,6 @@ class StepLog(L.Callback):
         seconds = float(strategy.reduce(torch.tensor(self.seconds, device=device), reduce_op="max"))
         samples = int(strategy.reduce(torch.tensor(float(self.samples), device=device), reduce_op="sum"))
         if trainer.is_global_zero:
-            record = run_record("lightning", trainer.world_size, device, self.losses, samples, seconds, peaks,
-                                self.val)  # fmt: skip
+            record = run_record("lightning", trainer.world_size, device, self.losses, self.step_seconds, samples,
+                                seconds, peaks, self.val)  # fmt: skip
             write_record(self.path, record)
