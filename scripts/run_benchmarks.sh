@@ -3,11 +3,12 @@
 # time (run it with the machine to itself: the timings are part of the results), then copies each JSON and figure
 # next to the README's figure (notes/figures/), so every number traces to a committed file.
 # Usage: bash scripts/run_benchmarks.sh [DATA_DIR] [NAME ...]   (default ../shared/data and every benchmark;
-# names: linreg mnist imdb sft lora-memory quant-inference). About 2 h 10 min on a 2-core CPU, IMDb 54 min of it.
+# names: linreg mnist imdb precision ddp sft lora-memory quant-inference). About 2 h 40 min on a 2-core CPU,
+# IMDb 54 min of it.
 set -euo pipefail
 DATA=${1:-../shared/data}
 shift || true
-WANTED=${*:-linreg mnist imdb sft lora-memory quant-inference}
+WANTED=${*:-linreg mnist imdb precision ddp sft lora-memory quant-inference}
 FIGURES=notes/figures
 
 publish() {  # publish OUTPUT_DIR NAME FIGURE_STEM: the JSON and the PNG, under the README figure's name
@@ -28,6 +29,12 @@ for name in $WANTED; do
       llm-course bench imdb --train_file "$DATA/imdb/train.jsonl.gz" --test_file "$DATA/imdb/test.jsonl.gz" \
         --output_dir outputs/bench
       publish outputs/bench imdb module3_imdb ;;
+    precision)
+      llm-course bench precision --train_file "$DATA/imdb/train.jsonl.gz" --output_dir outputs/bench
+      publish outputs/bench precision module4_amp_vs_fp32 ;;
+    ddp)
+      llm-course bench ddp --train_file "$DATA/imdb/train.jsonl.gz" --output_dir outputs/bench --accelerate true
+      publish outputs/bench ddp module5_ddp ;;
     sft)
       llm-course bench sft --train_file "$DATA/instructions/alpaca_libre.jsonl.gz" --output_dir outputs/bench \
         --where '{"status": "ok"}' --max_steps 50 \

@@ -64,7 +64,7 @@ def test_the_norm_reported_is_the_pre_clip_norm_and_the_update_is_clipped(tiny_b
     reference = tiny_net(tiny_bert)
     logits = reference(input_ids=batch[0]["input_ids"], attention_mask=batch[0]["attention_mask"]).logits
     torch.nn.functional.cross_entropy(logits, batch[0]["labels"]).backward()
-    true_norm = float(torch.nn.utils.get_total_norm([p.grad for p in reference.parameters()]))
+    true_norm = float(torch.cat([p.grad.reshape(-1) for p in reference.parameters()]).norm())  # one long vector
     net = tiny_net(tiny_bert)
     before = [p.detach().clone() for p in net.parameters()]
     opt = torch.optim.SGD(net.parameters(), lr=1.0)
@@ -183,7 +183,7 @@ def test_bench_precision_writes_every_row_and_the_figure(tmp_path, monkeypatch, 
             "--precisions", '["32-true", "bf16-true", "16-mixed"]')  # fmt: skip
     report = json.loads((out / "precision.json").read_text())
     png = (out / "module4_amp_vs_fp32.png").read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000 and (out / "precision.png").read_bytes() == png
     rows = report["rows"]
     assert list(rows) == ["lightning 32-true", "lightning bf16-true", "lightning 16-mixed", "plain 32-true"]
     assert report["order"] == ["lightning 32-true", "plain 32-true", "lightning bf16-true"]
@@ -207,3 +207,25 @@ def test_bench_precision_writes_every_row_and_the_figure(tmp_path, monkeypatch, 
     assert report["hardware"]["device"] == "cpu" and "bf16_in_hardware" in report["hardware"]
     assert report["settings"]["samples"] == 16 and report["settings"]["lr"] == 1e-4
     assert {"machine", "versions", "command"} <= set(report)
+
+
+def test_a_row_that_fails_is_listed_with_its_reason_and_the_report_still_written(tmp_path, monkeypatch):
+    import llm_course.distributed.bench
+
+    def fail(command, env, log, timeout):
+        raise RuntimeError(f"{' '.join(command)}\nexit status 1; the end of {log}:\nerror: the model cannot be loaded")
+
+    monkeypatch.setattr(llm_course.distributed.bench, "run_process", fail)
+    train = write_jsonl(tmp_path / "train.jsonl", review_rows(8))
+    run_cli("bench", "precision", "--train_file", train, "--output_dir", tmp_path, "--task_config",
+            CONFIGS / "imdb.yaml", "--precisions", '["32-true", "bf16-mixed"]', "--pair_repeats", 2)  # fmt: skip
+    report = json.loads((tmp_path / "precision.json").read_text())
+    assert report["order"] == ["lightning 32-true", "plain 32-true", "lightning bf16-mixed", "lightning 32-true",
+                               "plain 32-true"]  # fmt: skip
+    for name in ("lightning 32-true", "plain 32-true", "lightning bf16-mixed"):
+        row = report["rows"][name]
+        assert row["status"] == "error" and row["reason"] == "error: the model cannot be loaded"
+        assert row["val_f1"] is None and "samples_per_sec" not in row
+    assert report["lightning_vs_plain"] is None and report["lightning_vs_plain_runs"] == []
+    assert report["compile"] == {"status": "skipped", "reason": "no eager row finished"}
+    assert (tmp_path / "module4_amp_vs_fp32.png").stat().st_size > 10_000

@@ -212,8 +212,8 @@ def train_loop(
             scaler.unscale_(optimizer)  # clip (and check) the true gradients, not the scaled ones
             if gradient_clip_val:  # scales every gradient by min(1, max_norm / norm); returns the norm before that
                 norm = torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
-            else:
-                norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+            else:  # the same total L2 norm, gradients untouched
+                norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
             norm_value = float(norm)
             if not plan.grad_scaler:  # under the scaler an inf norm is its signal to skip this step, not a failure
                 check_finite("The gradient norm", norm_value, result.steps + 1)

@@ -10,6 +10,7 @@ import os
 import shutil
 import statistics
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,9 +72,9 @@ def task_settings(task_config: str) -> dict[str, Any]:
         ConfigError: the config's optimizer is not AdamW or its schedule not ``WarmupDecayLR`` (or none), the two
             the plain loop implements.
     """
-    import yaml
+    from lightning.pytorch.core.saving import load_hparams_from_yaml  # a plain YAML reader, despite its name
 
-    cfg = yaml.safe_load(Path(task_config).read_text()) or {}
+    cfg = load_hparams_from_yaml(task_config) or {}
     model = (cfg.get("model") or {}).get("init_args") or {}
     data = (cfg.get("data") or {}).get("init_args") or {}
     trainer = cfg.get("trainer") or {}
@@ -172,19 +173,21 @@ def run_row(row: Row, c: dict[str, Any], runs_dir: Path, index: int, timeout: fl
     command = (lightning_command if row.loop == "lightning" else plain_command)(row, {**c, "validate": validate},
                                                                                 record_path)  # fmt: skip
     env = {**os.environ, **CHILD_ENV, "TOKENIZERS_PARALLELISM": "false"}
+    about = {"log": str(log), "command": " ".join(command)}
+    start = time.perf_counter()
     try:
-        wall = run_process(command, env, log, timeout)
+        run_process(command, env, log, timeout)
     except RuntimeError as err:  # a NaN stop exits with status 1 after writing its record; anything else is an error
-        wall = None
         if not record_path.is_file():
             last = [line for line in str(err).splitlines() if line.strip()][-1:]
-            return {"status": "error", "reason": " ".join(last) or "failed", "log": str(log), "timing": {}}
+            return {"status": "error", "reason": " ".join(last) or "failed", "timing": {}, **about}
+    about["wall_seconds"] = round(time.perf_counter() - start, 1)
     record = json.loads(record_path.read_text())
     shutil.rmtree(folder / "hf_model", ignore_errors=True)  # TextClassifier's export: 90 MB per run, not needed
     for sub in folder.glob("tensorboard_logs/*/hf_model"):
         shutil.rmtree(sub, ignore_errors=True)
     record["timing"] = timing(record, c["warmup_steps"]) if record.get("status") == "ok" else {}
-    record.update({"wall_seconds": round(wall, 1) if wall else None, "log": str(log), "command": " ".join(command)})
+    record.update(about)
     return record
 
 
