@@ -194,3 +194,43 @@ def test_auto_precision_is_logged_and_an_explicit_value_wins(tmp_path, caplog):
     assert cli.trainer.precision == chosen and f"precision: auto -> {chosen} ({reason})" in caplog.text
     assert CourseCLI([*args, "--trainer.precision=bf16-mixed"], run=False).trainer.precision == "bf16-mixed"
     assert CourseCLI(args, run=False).trainer.precision == "32-true"  # linreg.yaml says so
+
+
+def test_a_checkpoint_cannot_switch_on_remote_code(tmp_path, monkeypatch, tiny_bert, tiny_text_args):
+    """LightningCLI applies a checkpoint's hyperparameters over the config; ``trust_remote_code`` is exempt."""
+    import lightning as L
+
+    from llm_course.text import module
+
+    hostile = tmp_path / "hostile.ckpt"
+    torch.save({"state_dict": {}, "pytorch-lightning_version": L.__version__,
+                "hyper_parameters": {"_class_path": "llm_course.text.TextClassifier", "model_name_or_path": tiny_bert,
+                                     "labels": ["neg", "pos"], "trust_remote_code": True}}, hostile)  # fmt: skip
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def spy(cls, name, flag, **kwargs):
+        seen.append(kwargs.get("trust_remote_code"))
+        raise Stop("stopped at the first model load")
+
+    monkeypatch.setattr(module, "from_pretrained", spy)
+    args = ["test", "--config", CONFIGS / "imdb.yaml", *tiny_text_args, f"--trainer.default_root_dir={tmp_path}",
+            f"--ckpt_path={hostile}"]  # fmt: skip
+    for flag, expected in (([], False), (["--model.init_args.trust_remote_code=true"], True)):
+        seen.clear()
+        with pytest.raises(Exception, match="stopped at the first model load"):  # jsonargparse may wrap it
+            run_cli(*args, *flag)
+        assert seen == [expected]
+
+
+def test_progress_totals_count_batches_under_accumulation_and_max_steps(tmp_path, capsys):
+    own = tmp_path / "progress.yaml"
+    own.write_text("trainer:\n  callbacks:\n    - class_path: llm_course.callbacks.ProgressLog\n"
+                   "      init_args:\n        interval: 0.0\n")  # fmt: skip
+    run_cli("fit", "--config", LINREG, "--config", own, f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.enable_model_summary=false", "--trainer.max_steps=5", "--trainer.accumulate_grad_batches=2")
+    train = [x for x in capsys.readouterr().err.splitlines() if x.startswith("train epoch 0 ")]
+    assert [x.split("batch ")[1].split()[0] for x in train] == [f"{i}/10" for i in range(1, 11)]
+    assert "step 5/5" in train[-1] and "ETA 0m00s" in train[-1]

@@ -52,6 +52,7 @@ TASKS = {  # task: (config, fixture with its data arguments, test samples, fit a
     "linreg": ("linreg.yaml", None, 100, ["--trainer.max_epochs=2"]),
     "vision": ("fashion_mnist.yaml", "tiny_idx_args", 40, ["--trainer.max_epochs=2"]),
     "text": ("imdb.yaml", "tiny_text_args", 16, ["--trainer.max_epochs=2", "--trainer.val_check_interval=1.0"]),
+    "sft": ("sft_lora.yaml", "tiny_sft_args", 5, ["--trainer.max_steps=4", "--trainer.val_check_interval=2"]),
 }
 
 
@@ -62,6 +63,8 @@ def test_every_stage_under_ddp(task, tmp_path, request, tiny_bert):
     data = request.getfixturevalue(fixture) if fixture else []
     if task == "text":
         data = [*data, f"--model.init_args.model_name_or_path={tiny_bert}"]
+    if task == "sft":  # 5 held-out records: uneven shards over 2 ranks
+        data = [*data, "--data.init_args.test_size=5", "--model.init_args.sample_prompts=[Double 3.]"]
     root = tmp_path / "out"
     common = ["--config", CONFIGS / config, f"--trainer.default_root_dir={root}", *data]
 
@@ -74,6 +77,8 @@ def test_every_stage_under_ddp(task, tmp_path, request, tiny_bert):
     assert best.is_file() and (fit_run / "checkpoints" / "last.ckpt").is_file()
     if task == "text":
         assert (fit_run / "hf_model" / "config.json").is_file()
+    if task == "sft":
+        assert (fit_run / "adapter" / "adapter_config.json").is_file() and (fit_run / "hf_model").is_dir()
 
     # validate and test on 2 processes, then test on 1: the same metrics, every test sample counted once
     ok(llm_course("validate", *common, *DDP, f"--ckpt_path={best}"))
@@ -93,14 +98,18 @@ def test_every_stage_under_ddp(task, tmp_path, request, tiny_bert):
 
     # predict on 2 processes
     texts = ["a wonderful film", "a dull mess", "great acting", "I hated it", "brilliant fun"]  # odd: uneven shards
-    predict_args = [f"--data.init_args.predict_texts={json.dumps(texts)}"] if task == "text" else []
+    predict_args = {"text": [f"--data.init_args.predict_texts={json.dumps(texts)}"],
+                    "sft": [f"--data.init_args.predict_instructions={json.dumps(texts)}"]}.get(task, [])
     ok(llm_course("predict", *common, *DDP, f"--ckpt_path={best}", *predict_args))
     predict_run = runs(root)[-1]
     assert len(runs(root)) == 5  # one run directory per command: nothing written twice
-    if task == "text":
+    if task in ("text", "sft"):
         lines = [json.loads(x) for x in (predict_run / "predictions.jsonl").read_text().splitlines()]
-        assert [x["text"] for x in lines] == texts
-        assert all(x["label"] in ("neg", "pos") and 0.5 <= x["score"] <= 1 for x in lines)
+        assert [x.get("text", x.get("instruction")) for x in lines] == texts
+        if task == "text":
+            assert all(x["label"] in ("neg", "pos") and 0.5 <= x["score"] <= 1 for x in lines)
+        else:
+            assert all(isinstance(x["answer"], str) for x in lines)
 
 
 @pytest.mark.slow

@@ -178,6 +178,11 @@ class ProgressLog(ProgressBar):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._begin("train")
+        # batches this epoch will run: all of them, or as many as the steps left allow (k batches per step)
+        self._train_total: float = trainer.num_training_batches
+        if trainer.max_steps > 0:
+            left = (trainer.max_steps - trainer.global_step) * trainer.accumulate_grad_batches
+            self._train_total = min(self._train_total, left)
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._begin("validate")
@@ -216,7 +221,7 @@ class ProgressLog(ProgressBar):
         self._line(trainer, stage, done, total)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
-        self._batch(trainer, batch, "train", batch_idx + 1, self.total_train_batches)
+        self._batch(trainer, batch, "train", batch_idx + 1, self._train_total)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001
         self.has_dataloader_changed(dataloader_idx)  # tells the base class which loader's total to give

@@ -220,6 +220,16 @@ class CourseCLI(LightningCLI):
         cfg = self.config[subcommand] if subcommand else self.config
         check_checkpoint(cfg.get("ckpt_path"))  # before LightningCLI reads the checkpoint's hyperparameters
 
+    def _parse_ckpt_path(self) -> None:
+        """Lightning's: a checkpoint's hyperparameters fill in the model's config, except ``trust_remote_code``,
+        which only the user's own flag sets. A file must never switch on running code from the hub."""
+        subcommand = self.config.get("subcommand")
+        key = f"{subcommand}.model.init_args.trust_remote_code"
+        users = self.config.get(key) if subcommand else None
+        super()._parse_ckpt_path()
+        if subcommand and self.config.get(key) is not None:
+            self.config[key] = bool(users)
+
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         check_precision(cfg["trainer"].get("precision"), cfg["trainer"].get("accelerator"))

@@ -1,7 +1,9 @@
 """Pieces every task module shares: the step trio, optimizers and schedules from YAML, checkpoints, compile."""
 
+import json
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -155,3 +157,22 @@ class TaskModule(L.LightningModule):
 
     def configure_optimizers(self) -> Optimizer | dict[str, Any]:
         return configure_optimizers(self, self.optimizer, self.scheduler)
+
+    def write_predictions(self, inputs: list[dict[str, Any]]) -> None:
+        """Write ``<run>/predictions.jsonl`` once, on rank 0: one line per input (``inputs[i]`` merged with the
+        prediction of index ``i``), in input order, and print it. Call from ``on_predict_epoch_end``.
+
+        ``predict_step`` returns dicts with an ``index``. Under DDP each rank predicted its share of the inputs; the
+        shares are gathered and put back in order by that index.
+        """
+        run_dir = self.trainer.log_dir  # collective under DDP: every rank reads it
+        preds = [p for batch in self.trainer.predict_loop.predictions for p in batch]
+        preds = sorted(all_gather_objects(preds), key=lambda p: p["index"])
+        if not self.trainer.is_global_zero:
+            return
+        assert [p["index"] for p in preds] == list(range(len(inputs))), "an input was predicted twice or not at all"
+        lines = [json.dumps({**inputs[p.pop("index")], **p}) for p in preds]
+        if run_dir:
+            Path(run_dir).mkdir(parents=True, exist_ok=True)
+            (Path(run_dir) / "predictions.jsonl").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))

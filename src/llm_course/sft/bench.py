@@ -164,7 +164,8 @@ def bench_sft(
     Args:
         train_file: instruction records, e.g. ``../shared/data/instructions/alpaca_libre.jsonl.gz``.
         output_dir: where ``sft.json``, ``sft.png`` and the run (``sft_run/``) go.
-        task_config: the SFT config to train.
+        task_config: the SFT config to train. For QLoRA layer the overlay on top of it:
+            ``--overrides '["--config=configs/sft_qlora.yaml"]'``.
         where: record filter, e.g. ``{"status": "ok"}`` for alpaca_libre's records that passed its filters.
         max_steps: optimizer steps.
         overrides: extra command-line overrides, e.g. ``["--trainer.precision=32-true"]``.

@@ -35,6 +35,7 @@ class InstructionDataModule(L.LightningDataModule):
         val_size: records held out from train for validation when there is no ``val_file``.
         test_size: records held out from train for testing (0: no test split).
         max_train_samples: keep at most this many training records (after the held-out splits are taken).
+        predict_instructions: instructions to answer with ``llm-course predict`` (greedy, ``model.max_new_tokens``).
         max_length: tokens per example, prompt included; longer examples are cut at the end.
         batch_size: training batch size.
         eval_batch_size: validation/test batch size.
@@ -55,6 +56,7 @@ class InstructionDataModule(L.LightningDataModule):
         val_size: int = 200,
         test_size: int = 0,
         max_train_samples: int | None = None,
+        predict_instructions: list[str] | None = None,
         max_length: int = 512,
         batch_size: int = 8,
         eval_batch_size: int = 16,
@@ -98,9 +100,16 @@ class InstructionDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         self.load_tokenizer()  # converts/caches the embedded model once, before DDP ranks start
-        self._raw()
+        if not (self.trainer is not None and self.trainer.predicting):  # predict needs only the instructions
+            self._raw()
 
     def setup(self, stage: str | None = None) -> None:
+        if stage == "predict":
+            instructions = list(self.hparams.predict_instructions or [])
+            if not instructions:
+                raise ConfigError("llm-course predict needs data.predict_instructions (a list of instructions)")
+            self.predict_set = [{"index": i, "instruction": x} for i, x in enumerate(instructions)]
+            return
         if self.splits:
             return
         hp, raw = self.hparams, self._raw()
@@ -147,12 +156,13 @@ class InstructionDataModule(L.LightningDataModule):
     def _loader(self, split: str, train: bool) -> DataLoader:
         data, hp = self.splits[split], self.hparams
         batch = hp.batch_size if train else hp.eval_batch_size
-        if not hp.group_by_length:
-            return make_loader(data, batch, shuffle=train, num_workers=hp.num_workers, collate_fn=self.collate)
-        lengths = [len(x) for x in data["input_ids"]]
-        sampler = LengthGroupedSampler(lengths, batch) if train else SortedSampler(lengths)
-        return DataLoader(data, batch_size=batch, sampler=sampler, num_workers=hp.num_workers,
-                          persistent_workers=hp.num_workers > 0, collate_fn=self.collate)  # fmt: skip
+        sampler = None
+        if hp.group_by_length:
+            lengths = [len(x) for x in data["input_ids"]]
+            sampler = LengthGroupedSampler(lengths, batch) if train else SortedSampler(lengths)
+        # evaluation loaders get an unpadded shard per DDP rank: each held-out token counts once
+        return make_loader(data, batch, shuffle=train, num_workers=hp.num_workers, collate_fn=self.collate,
+                           sampler=sampler)  # fmt: skip
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)
@@ -164,3 +174,7 @@ class InstructionDataModule(L.LightningDataModule):
         if "test" not in self.splits:
             raise ConfigError("no test split: set data.test_size (records held out from train) to test")
         return self._loader("test", train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        # one instruction per batch, in input order (an unpadded shard of it per DDP rank)
+        return make_loader(self.predict_set, 1, collate_fn=lambda rows: rows[0])

@@ -5,7 +5,7 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric
 
 from llm_course.errors import ConfigError
@@ -202,13 +202,24 @@ class CausalLMFineTuner(TaskModule):
         self.net.train(was_training)
         return answers
 
-    @rank_zero_only
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        return [{"index": batch["index"], "answer": self.generate([batch["instruction"]])[0]}]
+
+    def on_predict_epoch_end(self) -> None:
+        self.write_predictions([{"instruction": x} for x in self.trainer.datamodule.hparams.predict_instructions])
+
     def log_samples(self) -> None:
-        """Answer ``sample_prompts`` and log them as text (TensorBoard's TEXT tab), one entry per validation."""
+        """Answer ``sample_prompts`` and log them as text (TensorBoard's TEXT tab), one entry per validation.
+
+        Every rank generates (under FSDP a forward pass is collective: rank 0 alone would wait forever); rank 0
+        logs.
+        """
         prompts = self.hparams.sample_prompts
         if not prompts:
             return
         answers = self.generate(prompts)
+        if not self.trainer.is_global_zero:
+            return
         table = "\n\n".join(f"**{p}**\n\n{a}" for p, a in zip(prompts, answers, strict=True))
         for logger in self.trainer.loggers:
             if hasattr(logger.experiment, "add_text"):

@@ -1,6 +1,5 @@
 """LightningModule for Module 3: fine-tune ``AutoModelForSequenceClassification`` with torchmetrics."""
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from llm_course.assets import from_pretrained, resolve_model
 from llm_course.errors import ConfigError
-from llm_course.training import TaskModule, all_gather_objects, maybe_compile
+from llm_course.training import TaskModule, maybe_compile
 
 
 def dropout_keys(config) -> list[str]:
@@ -148,23 +147,7 @@ class TextClassifier(TaskModule):
                 for i, p in zip(batch["index"], probs, strict=True)]  # fmt: skip
 
     def on_predict_epoch_end(self) -> None:
-        """Write ``<run>/predictions.jsonl`` once, on rank 0: one line per input text, in input order.
-
-        Under DDP each rank predicted its share of the texts; the shares are gathered and put back in order by
-        the index each text carries.
-        """
-        run_dir = self.trainer.log_dir  # collective under DDP: every rank reads it
-        preds = [p for batch in self.trainer.predict_loop.predictions for p in batch]
-        preds = sorted(all_gather_objects(preds), key=lambda p: p["index"])
-        if not self.trainer.is_global_zero:
-            return
-        texts = self.trainer.datamodule.predict_texts
-        assert [p["index"] for p in preds] == list(range(len(texts))), "a text was predicted twice or not at all"
-        lines = [json.dumps({"text": texts[p.pop("index")], **p}) for p in preds]
-        if run_dir:
-            Path(run_dir).mkdir(parents=True, exist_ok=True)
-            (Path(run_dir) / "predictions.jsonl").write_text("\n".join(lines) + "\n")
-        print("\n".join(lines))
+        self.write_predictions([{"text": t} for t in self.trainer.datamodule.predict_texts])
 
     def on_fit_end(self) -> None:
         """Every rank loads the best weights (by ``val/f1``); rank 0 saves them with the tokenizer as a plain HF
