@@ -19,18 +19,23 @@ from conftest import CONFIGS, ROOT
 # fp32, so that the 1- and 2-process results can be compared exactly (auto could pick bf16 on an AMX CPU)
 DDP = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.precision=32-true"]
 ONE = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.precision=32-true"]
-TIMEOUT = 240
+TIMEOUT = 400
 
 
 def llm_course(*args: str, timeout: int = TIMEOUT) -> subprocess.CompletedProcess:
     """``python -m llm_course ARGS`` in a fresh process (Lightning launches the second rank from it)."""
+    return run_python("-m", "llm_course", *args, timeout=timeout)
+
+
+def run_python(*args, timeout: int = TIMEOUT) -> subprocess.CompletedProcess:
+    """``python ARGS`` in a fresh process, with the test helpers importable and a timeout that fails the test."""
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}  # fmt: skip
     try:
-        proc = subprocess.run([sys.executable, "-m", "llm_course", *map(str, args)], capture_output=True, text=True,
+        proc = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True,
                               timeout=timeout, env=env, cwd=ROOT)  # fmt: skip
     except subprocess.TimeoutExpired as err:
-        pytest.fail(f"llm-course {' '.join(map(str, args[:3]))} hung for {timeout} s:\n{(err.stderr or b'')[-2000:]}")
+        pytest.fail(f"python {' '.join(map(str, args[:4]))} hung for {timeout} s:\n{(err.stderr or b'')[-2000:]}")
     return proc
 
 
@@ -68,23 +73,33 @@ def test_every_stage_under_ddp(task, tmp_path, request, tiny_bert):
     root = tmp_path / "out"
     common = ["--config", CONFIGS / config, f"--trainer.default_root_dir={root}", *data]
 
-    # fit: every rank ends with the best weights; one run directory, written by rank 0
-    ok(llm_course("fit", *common, *DDP, *fit_args, callback("WeightsDigest", folder=str(tmp_path / "digest"))))
+    # fit, validate, test and predict on 2 processes, as the CLI runs them, in one launch (helpers/ddp_stages.py)
+    texts = ["a wonderful film", "a dull mess", "great acting", "I hated it", "brilliant fun"]  # odd: uneven shards
+    predict_args = {"text": [f"--data.init_args.predict_texts={json.dumps(texts)}"],
+                    "sft": [f"--data.init_args.predict_instructions={json.dumps(texts)}"]}.get(task, [])
+    best = root / "tensorboard_logs" / "version_0" / "checkpoints" / "best.ckpt"
+    stages = [
+        ["fit", *common, *DDP, *fit_args, callback("WeightsDigest", folder=str(tmp_path / "digest"))],
+        ["validate", *common, *DDP, f"--ckpt_path={best}"],
+        ["test", *common, *DDP, f"--ckpt_path={best}"],
+        ["predict", *common, *DDP, f"--ckpt_path={best}", *predict_args],
+    ]
+    commands = tmp_path / "stages.json"
+    commands.write_text(json.dumps([[str(a) for a in argv] for argv in stages]))
+    ok(run_python(ROOT / "tests" / "helpers" / "ddp_stages.py", commands))
+    ok(llm_course("test", *common, *ONE, f"--ckpt_path={best}"))  # the reference: one process
+
+    # fit: every rank ends with the best weights; one run directory per command, written by rank 0
     digests = {p.name: p.read_text() for p in (tmp_path / "digest").glob("*.sha256")}
     assert set(digests) == {"rank0.sha256", "rank1.sha256"} and len(set(digests.values())) == 1
-    (fit_run,) = runs(root)
-    best = fit_run / "checkpoints" / "best.ckpt"
+    fit_run, validate_run, test2_run, predict_run, test1_run = runs(root)  # nothing written twice
     assert best.is_file() and (fit_run / "checkpoints" / "last.ckpt").is_file()
     if task == "text":
         assert (fit_run / "hf_model" / "config.json").is_file()
     if task == "sft":
         assert (fit_run / "adapter" / "adapter_config.json").is_file() and (fit_run / "hf_model").is_dir()
 
-    # validate and test on 2 processes, then test on 1: the same metrics, every test sample counted once
-    ok(llm_course("validate", *common, *DDP, f"--ckpt_path={best}"))
-    ok(llm_course("test", *common, *DDP, f"--ckpt_path={best}"))
-    ok(llm_course("test", *common, *ONE, f"--ckpt_path={best}"))
-    _, validate_run, test2_run, test1_run = runs(root)
+    # test on 2 processes and on 1: the same metrics, every test sample counted once
     two, one = (json.loads((r / "metrics.json").read_text()) for r in (test2_run, test1_run))
     assert not (validate_run / "metrics.json").exists()
     assert set(two) == set(one)
@@ -96,13 +111,7 @@ def test_every_stage_under_ddp(task, tmp_path, request, tiny_bert):
     if "test/confusion_matrix" in one:
         assert sum(map(sum, two["test/confusion_matrix"])) == n_test
 
-    # predict on 2 processes
-    texts = ["a wonderful film", "a dull mess", "great acting", "I hated it", "brilliant fun"]  # odd: uneven shards
-    predict_args = {"text": [f"--data.init_args.predict_texts={json.dumps(texts)}"],
-                    "sft": [f"--data.init_args.predict_instructions={json.dumps(texts)}"]}.get(task, [])
-    ok(llm_course("predict", *common, *DDP, f"--ckpt_path={best}", *predict_args))
-    predict_run = runs(root)[-1]
-    assert len(runs(root)) == 5  # one run directory per command: nothing written twice
+    # predict: one line per input, in input order, with the right text
     if task in ("text", "sft"):
         lines = [json.loads(x) for x in (predict_run / "predictions.jsonl").read_text().splitlines()]
         assert [x.get("text", x.get("instruction")) for x in lines] == texts

@@ -204,8 +204,9 @@ def train(
             accelerator.unwrap_model(model).save_pretrained(out / "hf_model", save_function=accelerator.save)
             dm.tokenizer.save_pretrained(out / "hf_model")
         accelerator.print(f"-> {out / 'metrics.json'}")
+    # No destroy_process_group (accelerator.end_training) here: with gloo it sometimes hung for good after the last
+    # barrier (seen in CI: rank 0 waiting, rank 1 idle in a futex); the launcher tears the group down as we exit.
     accelerator.wait_for_everyone()
-    accelerator.end_training()  # destroys the process group
     return record
 
 
