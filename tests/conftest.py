@@ -151,10 +151,11 @@ def byte_tokenizer(chat_template: str | None = CHATML):
     return tokenizer
 
 
-def save_tiny_lm(folder: Path, arch: str) -> str:
-    """A 2-layer causal LM (``llama`` or ``gpt2``) built from a config, saved with the byte tokenizer.
+def save_tiny_lm(folder: Path, arch: str, width: int = 32, mlp: int | None = None) -> str:
+    """A 2-layer causal LM (``llama`` or ``gpt2``) ``width`` wide built from a config, saved with the byte tokenizer.
 
-    GPT-2 gets the tokenizer without a chat template, so it exercises the Alpaca prompt.
+    GPT-2 gets the tokenizer without a chat template, so it exercises the Alpaca prompt. ``mlp``: Llama's MLP width
+    (default 2 × ``width``).
     """
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
@@ -162,13 +163,13 @@ def save_tiny_lm(folder: Path, arch: str) -> str:
     n = len(tokenizer)
     torch.manual_seed(0)
     if arch == "llama":
-        config = LlamaConfig(vocab_size=n, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        config = LlamaConfig(vocab_size=n, hidden_size=width, intermediate_size=mlp or 2 * width, num_hidden_layers=2,
                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                              bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                              tie_word_embeddings=True)  # fmt: skip
         model = LlamaForCausalLM(config)
     else:
-        config = GPT2Config(vocab_size=n, n_embd=32, n_layer=2, n_head=4, n_positions=1024,
+        config = GPT2Config(vocab_size=n, n_embd=width, n_layer=2, n_head=4, n_positions=1024,
                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
         model = GPT2LMHeadModel(config)
     model.save_pretrained(folder)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import byte_tokenizer, instruction_rows, load_state, run_cli, run_dir, write_jsonl
+from conftest import byte_tokenizer, instruction_rows, load_state, run_cli, run_dir, save_tiny_lm, write_jsonl
 from llm_course.sft import CausalLMFineTuner, InstructionDataModule
 from llm_course.sft.lora import (
     add_lora,
@@ -297,18 +297,7 @@ def test_merge_command_and_full_finetune(tiny_gpt2, tmp_path):
 def llama_64(tmp_path_factory) -> str:
     """``tiny_llama`` at width 64: on a CPU with AVX512-BF16, bitsandbytes repacks 4-bit weights for inference,
     which needs ``in_features`` to be a multiple of its block size (64); 32 fails there (its bug, not ours)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    folder = tmp_path_factory.mktemp("llama_64")
-    tokenizer = byte_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         tie_word_embeddings=True)  # fmt: skip
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
+    return save_tiny_lm(tmp_path_factory.mktemp("llama_64"), "llama", width=64)
 
 
 def quantized_base_with_adapter(folder, adapter_dir):

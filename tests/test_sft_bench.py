@@ -7,23 +7,8 @@ import time
 import pytest
 import torch
 
-from conftest import byte_tokenizer, instruction_rows, run_cli, write_jsonl
+from conftest import instruction_rows, run_cli, save_tiny_lm, write_jsonl
 from llm_course.sft.probes import timed_generate
-
-
-def save_llama(folder, width: int) -> str:
-    """A 2-layer Llama ``width`` wide (MLP 3 × width) with the byte tokenizer."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tokenizer = byte_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=3 * width,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         tie_word_embeddings=True)  # fmt: skip
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
 
 
 @pytest.fixture(scope="module")
@@ -31,14 +16,14 @@ def llama_512(tmp_path_factory) -> str:
     """6.4M parameters: big enough that a full fine-tune's gradients and AdamW moments (12 bytes per parameter,
     74 MiB) stand clear of the resident-set noise and of the bf16 kernels' workspace (tens of MiB on a CPU),
     small enough for 4 processes."""
-    return save_llama(tmp_path_factory.mktemp("llama_512"), 512)
+    return save_tiny_lm(tmp_path_factory.mktemp("llama_512"), "llama", width=512, mlp=3 * 512)
 
 
 @pytest.fixture(scope="module")
 def llama_64(tmp_path_factory) -> str:
     """On a CPU with AVX512-BF16, bitsandbytes' 4-bit inference kernel needs ``in_features`` to be a multiple of
     its block size (64): ``tiny_llama`` (32 wide) fails there."""
-    return save_llama(tmp_path_factory.mktemp("llama_64"), 64)
+    return save_tiny_lm(tmp_path_factory.mktemp("llama_64"), "llama", width=64, mlp=3 * 64)
 
 
 def test_bench_lora_memory_lora_peaks_below_the_full_finetune(llama_512, tmp_path):

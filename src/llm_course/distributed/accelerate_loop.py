@@ -226,6 +226,8 @@ def evaluate(accelerator, model, loader: DataLoader, metrics) -> dict[str, float
 
     F1 is that of ``TextClassifier``: of the positive class with two labels, macro otherwise.
     """
+    from llm_course.text.module import compute_metrics
+
     model.eval()
     loss_sum, count = 0.0, 0
     for batch in loader:
@@ -234,11 +236,8 @@ def evaluate(accelerator, model, loader: DataLoader, metrics) -> dict[str, float
         loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
         count += len(labels)
         metrics.update(logits, labels)
-    values = metrics.compute()
-    metrics.reset()
+    values = compute_metrics(metrics)
     model.train()
-    f1 = values["val/f1"]
-    values["val/f1"] = f1[1] if f1.ndim else f1
     return {"val/loss": loss_sum / max(count, 1), "val/samples": count, **{k: float(v) for k, v in values.items()}}
 
 

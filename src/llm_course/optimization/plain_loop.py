@@ -250,6 +250,8 @@ def evaluate(net: nn.Module, loader: Iterable[dict[str, torch.Tensor]], metrics:
         device: where the batches go.
         precision: the training precision, so that evaluation runs the same arithmetic.
     """
+    from llm_course.text.module import compute_metrics
+
     device = torch.device(device)
     plan = precision_plan(precision, device)
     net.eval()
@@ -262,11 +264,8 @@ def evaluate(net: nn.Module, loader: Iterable[dict[str, torch.Tensor]], metrics:
         loss_sum += float(F.cross_entropy(logits, batch["labels"], reduction="sum"))
         count += len(batch["labels"])
         metrics.update(logits, batch["labels"])
-    values = metrics.compute()
-    metrics.reset()
+    values = compute_metrics(metrics)
     net.train()
-    f1 = values["val/f1"]
-    values["val/f1"] = f1[1] if f1.ndim else f1  # the positive class under binary F1
     return {"val/loss": loss_sum / max(count, 1), **{key: float(v) for key, v in values.items()}}
 
 
