@@ -24,11 +24,19 @@ TRAINER_COMMANDS = {
 COMMANDS: dict[str, str | dict[str, str]] = {
     "env": "llm_course.envinfo:env",
     "merge": "llm_course.sft.lora:merge",
+    "generate": "llm_course.inference.commands:generate",
+    "chat": "llm_course.inference.commands:chat",
+    "serve": "llm_course.inference.serve:serve",
+    "export": {"onnx": "llm_course.export.onnx:onnx"},
     "bench": BENCHMARKS,
 }
 HELP = {
     "env": "machine report: Python, torch, CUDA/cuDNN, devices, library versions, threads, memory, seed",
     "merge": "fold a LoRA adapter into its base model and save a plain Hugging Face folder",
+    "generate": "answer one prompt with a chat model, streaming, with its timings (--json for a machine)",
+    "chat": "chat with a model in the terminal (/reset, /params, /quit; Ctrl-C stops a reply)",
+    "serve": "serve a model: a Gradio chat page and an OpenAI-compatible API on 127.0.0.1",
+    "export": "export a trained model: onnx (the Module 3 classifier, checked with onnxruntime)",
     "bench": f"run a benchmark, writing JSON and a figure: {', '.join(BENCHMARKS)}",
 }
 

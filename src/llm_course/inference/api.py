@@ -1,0 +1,181 @@
+"""An OpenAI-compatible HTTP API over the generation engines: ``/v1/chat/completions``, ``/v1/models``, ``/health``.
+
+Any OpenAI client (the official ``openai`` package, LangChain, curl) talks to it unchanged. Bad input is answered
+with a 4xx in OpenAI's error shape ``{"error": {"message", "type", "param", "code"}}``, and the server keeps serving.
+"""
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.sse import format_sse_event
+from pydantic import BaseModel, Field
+
+from llm_course.inference.engine import Generation, GenerationEngine
+from llm_course.inference.sampling import InvalidRequest, SamplingParams
+from llm_course.inference.scheduler import QueueFull, Scheduler, pieces
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class Message(BaseModel):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+
+    def plain(self) -> dict[str, str]:
+        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatRequest(BaseModel):
+    """The fields of OpenAI's chat completion request that a local model can honour (others are ignored),
+    plus ``top_k`` and ``repetition_penalty`` as extensions. Ranges are checked by :class:`SamplingParams`."""
+
+    model: str
+    messages: list[Message] = Field(min_length=1)
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    repetition_penalty: float | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = 1
+
+
+class UnknownModel(Exception):
+    pass
+
+
+def error_response(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
+                   code: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:  # fmt: skip
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def field_path(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc if p != "body") or "body"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Request, err: RequestValidationError) -> JSONResponse:
+        first = err.errors()[0]
+        if first.get("type") == "json_invalid":
+            return error_response(400, f"the request body is not valid JSON: {first.get('msg')}", code="invalid_json")
+        where = field_path(tuple(first.get("loc", ())))
+        return error_response(400, f"{where}: {first.get('msg')} (got {first.get('input')!r})", param=where)
+
+    @app.exception_handler(InvalidRequest)
+    async def invalid_request(request: Request, err: InvalidRequest) -> JSONResponse:
+        return error_response(400, str(err), param=err.param, code=err.code)
+
+    @app.exception_handler(UnknownModel)
+    async def unknown_model(request: Request, err: UnknownModel) -> JSONResponse:
+        return error_response(404, str(err), param="model", code="model_not_found")
+
+    @app.exception_handler(QueueFull)
+    async def queue_full(request: Request, err: QueueFull) -> JSONResponse:
+        return error_response(429, str(err), kind="rate_limit_error", code="queue_full",
+                              headers={"Retry-After": str(err.retry_after_s)})  # fmt: skip
+
+
+def sampling_params(body: ChatRequest, defaults: SamplingParams) -> SamplingParams:
+    """The request's settings over the server's defaults; ``max_completion_tokens`` wins over ``max_tokens``."""
+    if body.n != 1:
+        raise InvalidRequest(f"n={body.n}: this server returns one choice per request (n=1)", param="n")
+    given = {
+        "temperature": body.temperature, "top_p": body.top_p, "top_k": body.top_k,
+        "repetition_penalty": body.repetition_penalty, "seed": body.seed,
+        "max_new_tokens": body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens,
+        "stop": [body.stop] if isinstance(body.stop, str) else body.stop,
+    }  # fmt: skip
+    return SamplingParams(**(defaults.as_dict() | {k: v for k, v in given.items() if v is not None}))
+
+
+def build_app(engines: dict[str, GenerationEngine], scheduler: Scheduler, defaults: SamplingParams) -> FastAPI:
+    """The FastAPI app: ``engines`` by model id (the first is the default), one ``scheduler`` for all of them."""
+    app = FastAPI(title="llm-course", description="OpenAI-compatible chat API of the course's generation engine")
+    install_error_handlers(app)
+    created = int(time.time())
+    app.state.engines, app.state.scheduler, app.state.defaults = engines, scheduler, defaults
+
+    def engine_for(name: str) -> GenerationEngine:
+        if name not in engines:
+            raise UnknownModel(f"model={name!r} is not served here; models: {', '.join(engines)} (GET /v1/models)")
+        return engines[name]
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        queue = {"waiting": scheduler.waiting, "running": scheduler.running, "queue_size": scheduler.queue_size}
+        return {"status": "ok", "models": list(engines), "queue": queue, "finished": dict(scheduler.finished)}
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        data = [{"id": name, "object": "model", "created": created, "owned_by": "llm-course"} for name in engines]
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(body: ChatRequest) -> JSONResponse | StreamingResponse:
+        engine = engine_for(body.model)
+        params = sampling_params(body, defaults)
+        messages = [m.plain() for m in body.messages]
+        generation = await scheduler.start(engine, messages, params)
+        reply_id, now = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        if body.stream:
+            events = stream_events(generation, reply_id, now, body.model)
+            return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        text = "".join([p async for p in pieces(generation)])
+        choice = {"index": 0, "message": {"role": "assistant", "content": text},
+                  "finish_reason": finish_reason(generation)}  # fmt: skip
+        return JSONResponse({"id": reply_id, "object": "chat.completion", "created": now, "model": body.model,
+                             "choices": [choice], "usage": usage(generation),
+                             "timings": generation.stats.as_dict()})  # fmt: skip
+
+    return app
+
+
+def finish_reason(generation: Generation) -> str:
+    return "length" if generation.stats.finish_reason == "length" else "stop"
+
+
+def usage(generation: Generation) -> dict[str, int]:
+    s = generation.stats
+    return {"prompt_tokens": s.prompt_tokens, "completion_tokens": s.completion_tokens,
+            "total_tokens": s.prompt_tokens + s.completion_tokens}  # fmt: skip
+
+
+async def stream_events(generation: Generation, reply_id: str, created: int, model: str) -> AsyncIterator[bytes]:
+    """Server-sent events in OpenAI's streaming format: a role delta, content deltas, a last chunk with the
+    finish reason, the usage counts and the timings, then ``data: [DONE]``."""
+
+    def chunk(delta: dict[str, str], finish: str | None = None, **extra: Any) -> bytes:
+        data = {"id": reply_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}  # fmt: skip
+        return format_sse_event(data_str=json.dumps(data))
+
+    yield chunk({"role": "assistant", "content": ""})
+    try:
+        async for piece in pieces(generation):
+            yield chunk({"content": piece})
+    except Exception as err:  # the status line is sent already: report in the stream, as OpenAI does
+        error = {"error": {"message": f"generation failed: {err}", "type": "server_error", "param": None, "code": None}}
+        yield format_sse_event(data_str=json.dumps(error))
+    else:
+        yield chunk({}, finish_reason(generation), usage=usage(generation), timings=generation.stats.as_dict())
+    yield format_sse_event(data_str="[DONE]")

@@ -1,0 +1,77 @@
+"""Driving the Gradio page of ``llm-course serve`` in a real browser: the browser test and the screenshot use it.
+
+``python -m llm_course.inference.page --url http://127.0.0.1:8000 --output notes/figures/module7_gradio.png``
+asks one prompt in compare mode and saves the screenshot.
+"""
+
+import argparse
+from typing import Any
+
+from llm_course.browser import chromium, text_of, wait_for
+
+
+def open_page(driver: Any, url: str, timeout_s: float = 60) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.get(url)
+    wait_for(lambda: driver.find_element(By.CSS_SELECTOR, "#chat-input textarea"), timeout_s, f"the chat box at {url}")
+
+
+def _type(driver: Any, css: str, text: str, timeout_s: float) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    box = wait_for(lambda: driver.find_element(By.CSS_SELECTOR, css), timeout_s, css)
+    box.clear()
+    box.send_keys(text)
+    box.send_keys(Keys.ENTER)
+
+
+def _stats(driver: Any, css: str, timeout_s: float) -> str:
+    return wait_for(lambda: "tokens/s" in (t := text_of(driver, css)) and t, timeout_s, f"the timings line in {css}")
+
+
+def chat(driver: Any, message: str, timeout_s: float = 120) -> tuple[str, str]:
+    """Send ``message`` in the Chat tab; wait for the reply and its timings line. Returns (reply, timings)."""
+    from selenium.webdriver.common.by import By
+
+    _type(driver, "#chat-input textarea", message, timeout_s)
+    stats = _stats(driver, "#chat-stats", timeout_s)
+    replies = driver.find_elements(By.CSS_SELECTOR, "#chatbot .bot")
+    return (replies[-1].text if replies else ""), stats
+
+
+def compare(driver: Any, prompt: str, timeout_s: float = 300) -> dict[str, tuple[str, str]]:
+    """Ask ``prompt`` in the Compare tab; wait for both replies and timings: ``{"a": (reply, timings), "b": ...}``."""
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.XPATH, "//button[@role='tab' and contains(., 'Compare')]").click()
+    wait_for(lambda: driver.find_element(By.CSS_SELECTOR, "#compare-input textarea").is_displayed(), 30, "compare tab")
+    box = driver.find_element(By.CSS_SELECTOR, "#compare-input textarea")
+    box.clear()
+    box.send_keys(prompt)
+    driver.find_element(By.CSS_SELECTOR, "#compare-send").click()
+    out = {}
+    for side in ("a", "b"):
+        stats = _stats(driver, f"#compare-stats-{side}", timeout_s)
+        out[side] = (text_of(driver, f"#compare-reply-{side}"), stats)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Screenshot the serve page in compare mode (a real headless Chromium)")
+    parser.add_argument("--url", default="http://127.0.0.1:8000/")
+    parser.add_argument("--prompt", default="In two sentences, why does a quantized model use less memory?")
+    parser.add_argument("--output", default="notes/figures/module7_gradio.png")
+    parser.add_argument("--height", type=int, default=1100)
+    args = parser.parse_args()
+    with chromium(height=args.height) as driver:
+        open_page(driver, args.url)
+        for side, (reply, stats) in compare(driver, args.prompt).items():
+            print(f"{side}: {stats}\n   {reply[:200]}")
+        driver.save_screenshot(args.output)
+    print(f"saved {args.output}")
+
+
+if __name__ == "__main__":
+    main()
