@@ -234,3 +234,17 @@ def test_progress_totals_count_batches_under_accumulation_and_max_steps(tmp_path
     train = [x for x in capsys.readouterr().err.splitlines() if x.startswith("train epoch 0 ")]
     assert [x.split("batch ")[1].split()[0] for x in train] == [f"{i}/10" for i in range(1, 11)]
     assert "step 5/5" in train[-1] and "ETA 0m00s" in train[-1]
+
+
+def test_generate_chat_and_serve_import_neither_lightning_nor_training_code(constant_llama):
+    printed = fresh_python(f"""
+        import sys
+        from llm_course.cli import main
+        main(["generate", "--prompt", "Hi", "--model", {constant_llama!r}, "--device", "cpu", "--temperature", "0",
+              "--max_new_tokens", "2"])
+        import llm_course.inference.commands, llm_course.inference.serve, llm_course.inference.webui
+        heavy = [m for m in ("lightning", "llm_course.training", "llm_course.trainer_cli", "llm_course.sft.module")
+                 if m in sys.modules]
+        print("after-generate", heavy)
+    """)
+    assert "ok ok" in printed and "after-generate []" in printed

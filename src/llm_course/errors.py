@@ -23,3 +23,7 @@ class AssetError(UserError, RuntimeError):
 
 class NonFiniteError(UserError, RuntimeError):
     """Training stopped because the loss or the gradient norm stopped being finite (the message lists causes)."""
+
+
+class MissingDependencyError(UserError, ImportError):
+    """An optional package a command needs is not installed; the message says how to install it."""

@@ -27,16 +27,23 @@ def _type(driver: Any, css: str, text: str, timeout_s: float) -> None:
     box.send_keys(Keys.ENTER)
 
 
-def _stats(driver: Any, css: str, timeout_s: float) -> str:
-    return wait_for(lambda: "tokens/s" in (t := text_of(driver, css)) and t, timeout_s, f"the timings line in {css}")
+def _stats(driver: Any, css: str, timeout_s: float, before: str = "") -> str:
+    """Wait for a new timings line in ``css`` (not ``before``, the line of the previous reply)."""
+
+    def fresh() -> str:
+        text = text_of(driver, css)
+        return text if "tokens/s" in text and text != before else ""
+
+    return wait_for(fresh, timeout_s, f"the timings line in {css}")
 
 
 def chat(driver: Any, message: str, timeout_s: float = 120) -> tuple[str, str]:
     """Send ``message`` in the Chat tab; wait for the reply and its timings line. Returns (reply, timings)."""
     from selenium.webdriver.common.by import By
 
+    before = text_of(driver, "#chat-stats")
     _type(driver, "#chat-input textarea", message, timeout_s)
-    stats = _stats(driver, "#chat-stats", timeout_s)
+    stats = _stats(driver, "#chat-stats", timeout_s, before)
     replies = driver.find_elements(By.CSS_SELECTOR, "#chatbot .bot")
     return (replies[-1].text if replies else ""), stats
 
@@ -50,10 +57,11 @@ def compare(driver: Any, prompt: str, timeout_s: float = 300) -> dict[str, tuple
     box = driver.find_element(By.CSS_SELECTOR, "#compare-input textarea")
     box.clear()
     box.send_keys(prompt)
+    before = {side: text_of(driver, f"#compare-stats-{side}") for side in ("a", "b")}
     driver.find_element(By.CSS_SELECTOR, "#compare-send").click()
     out = {}
     for side in ("a", "b"):
-        stats = _stats(driver, f"#compare-stats-{side}", timeout_s)
+        stats = _stats(driver, f"#compare-stats-{side}", timeout_s, before[side])
         out[side] = (text_of(driver, f"#compare-reply-{side}"), stats)
     return out
 

@@ -9,7 +9,7 @@ import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
 
-from starlette.concurrency import iterate_in_threadpool
+from fastapi.concurrency import iterate_in_threadpool
 
 from llm_course.inference.engine import Generation, GenerationEngine
 from llm_course.inference.sampling import SamplingParams

@@ -32,7 +32,7 @@ def stats_markdown(name: str, engine: GenerationEngine, stats: ReplyStats | None
     """The line under a reply: the variant, its weights' size, and the reply's timings (``None``: still running)."""
     if stats is None:
         return "generating…"
-    return f"**{name}** ({engine.weights_mb:,.0f} MiB of weights) · {stats.line()}"
+    return f"**{name}** ({engine.weights_mb:,.1f} MiB of weights) · {stats.line()}"
 
 
 def sampling_controls(defaults: SamplingParams, max_tokens: int) -> list[gr.components.Component]:

@@ -18,11 +18,13 @@ from llm_course.errors import ConfigError, MissingFileError
 from llm_course.loaders import check_fractions, make_loader
 from llm_course.text.sampling import LengthGroupedSampler, SortedSampler
 from llm_course.text.sources import aclimdb_files, load_aclimdb, load_files, load_hub
+from llm_course.truncation import encode_texts
 
 NO_SOURCE = (
     "no text data given: set data.dataset (hub name, e.g. stanfordnlp/imdb), data.train_file/test_file "
     "(local .jsonl[.gz]/.csv/.parquet), or data.aclimdb_dir"
 )
+
 
 
 class TextClassificationDataModule(L.LightningDataModule):
@@ -167,21 +169,8 @@ class TextClassificationDataModule(L.LightningDataModule):
     # ---- tokenization -------------------------------------------------------------------------------------
     def encode(self, texts: list[str]) -> list[list[int]]:
         """Token ids with special tokens, truncated to ``max_length`` by the configured strategy."""
-        tok, hp = self.tokenizer, self.hparams
-        # Where the special tokens sit ([CLS] ... [SEP] for BERT), learned from a one-word probe.
-        body = tok("a", add_special_tokens=False)["input_ids"]
-        full = tok("a")["input_ids"]
-        n_start = next(i for i in range(len(full)) if full[i : i + len(body)] == body)
-        n_end = len(full) - n_start - len(body)
-        budget = hp.max_length - n_start - n_end
-        head = round(budget * hp.head_fraction) if hp.truncation == "head_tail" else budget
-        out = []
-        for ids in tok(texts, truncation=False, verbose=False)["input_ids"]:
-            inner = ids[n_start : len(ids) - n_end]
-            if len(inner) > budget:
-                inner = inner[:head] + inner[len(inner) - (budget - head) :]
-            out.append(ids[:n_start] + inner + ids[len(ids) - n_end :])
-        return out
+        hp = self.hparams
+        return encode_texts(self.tokenizer, texts, hp.max_length, hp.truncation, hp.head_fraction)
 
     def _fingerprint(self) -> str:
         hp = self.hparams

@@ -1,0 +1,163 @@
+"""What ``llm-course export onnx`` measures: held texts, logit agreement, alternating latency, int8 quantization.
+
+Plain functions over texts, arrays and callables; nothing here loads a model, so each piece is testable alone.
+"""
+
+import gzip
+import json
+import logging
+import random
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llm_course.errors import ConfigError, MissingFileError
+
+# Used when no --check_file is given: no labels, so the check reports agreement with PyTorch only.
+SENTENCES = [
+    "A wonderful, moving film with a clever plot.",
+    "The acting was wooden and the story made no sense.",
+    "I loved every minute of it and would watch it again.",
+    "Two hours of my life I will never get back.",
+    "The soundtrack is great, but the second half drags.",
+    "An instant classic: funny, sharp and beautifully shot.",
+    "Boring, predictable and far too long.",
+    "Not the best film of the year, yet worth seeing for the lead performance.",
+]
+
+
+class ExportMismatchError(RuntimeError):
+    """The exported model computes something else than the PyTorch model (an exporter or runtime bug)."""
+
+
+def read_check_file(
+    path: str, label_names: list[str], max_samples: int | None = None, seed: int = 42
+) -> tuple[list[str], np.ndarray | None]:
+    """Texts and label ids from a JSONL file (``.jsonl`` or ``.jsonl.gz``) with ``text`` and ``label`` fields.
+
+    Labels may be ids or names from ``label_names``; if any row has no label, none is used. ``max_samples`` keeps
+    a seeded random subset, in file order (IMDb's files are sorted by label, so the first rows are all negative).
+
+    Raises:
+        MissingFileError: the file does not exist.
+        ConfigError: a line is not a JSON object with a ``text`` string, or a label is unknown.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise MissingFileError(f"--check_file: {path} does not exist (a JSONL file with text and label fields)")
+    opener = gzip.open if file.suffix == ".gz" else open
+    with opener(file, "rt", encoding="utf-8") as f:
+        lines = [line for line in f if line.strip()]
+    if max_samples is not None and len(lines) > max_samples:
+        keep = sorted(random.Random(seed).sample(range(len(lines)), max_samples))
+        lines = [lines[i] for i in keep]
+    rows = []
+    for n, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"--check_file {path}: a line is not JSON ({err})") from err
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise ConfigError(f"--check_file {path}: row {n} has no 'text' string; each line needs text (and label)")
+        rows.append(row)
+    if not rows:
+        raise ConfigError(f"--check_file {path} holds no rows")
+    if any(row.get("label") is None for row in rows):
+        return [row["text"] for row in rows], None
+    ids = []
+    for row in rows:
+        label = row["label"]
+        if isinstance(label, str) and label in label_names:
+            label = label_names.index(label)
+        if not isinstance(label, int) or not 0 <= label < len(label_names):
+            raise ConfigError(
+                f"--check_file {path}: label {row['label']!r} is not an id in [0, {len(label_names)}) nor one of "
+                f"the model's labels {label_names}"
+            )
+        ids.append(label)
+    return [row["text"] for row in rows], np.asarray(ids)
+
+
+def fidelity(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray | None) -> dict[str, float]:
+    """How far ``logits`` are from the PyTorch ``reference``: largest difference, prediction agreement, accuracy."""
+    predictions = logits.argmax(-1)
+    out = {
+        "max_abs_logit_diff": float(np.abs(reference - logits).max()),
+        "agreement": float((predictions == reference.argmax(-1)).mean()),
+    }
+    if labels is not None:
+        out["accuracy"] = float((predictions == labels).mean())
+    return out
+
+
+def raise_on_mismatch(row: dict[str, float], atol: float, onnx_file: Path) -> None:
+    """Raise unless the fp32 ONNX logits are within ``atol`` of PyTorch's and every prediction is the same.
+
+    Raises:
+        ExportMismatchError: the message gives both numbers and the file, kept for inspection.
+    """
+    if row["max_abs_logit_diff"] <= atol and row["agreement"] == 1.0:
+        return
+    raise ExportMismatchError(
+        f"{onnx_file} does not compute what the PyTorch model does: max |logit difference| "
+        f"{row['max_abs_logit_diff']:.3g} (allowed {atol:g}), same prediction for {row['agreement']:.2%} of the "
+        "check texts (needed: all). Try the other --exporter, or another --opset."
+    )
+
+
+def median_latency(runs: dict[str, Callable[[], Any]], repeats: int, warmup: int = 2) -> dict[str, float]:
+    """Median milliseconds of each call, timed in turn (alternating, so a noisy machine hits all alike)."""
+    for run in runs.values():
+        for _ in range(warmup):
+            run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: round(1000 * statistics.median(t), 3) for name, t in times.items()}
+
+
+def quantize_int8(source: Path, target: Path) -> Path:
+    """onnxruntime's dynamic quantization: int8 weights, activations quantized on the fly per batch."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # Silences its advice to pre-process first: that step's symbolic shape inference fails on these graphs.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(source, target, weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
+    return target
+
+
+def onnx_versions() -> dict[str, str]:
+    """The versions of the ONNX packages (``reports.write_report`` records the course's main libraries)."""
+    from importlib import metadata
+
+    return {name: metadata.version(name) for name in ("onnx", "onnxruntime")}
+
+
+def megabytes(*files: Path) -> float:
+    return round(sum(f.stat().st_size for f in files) / 2**20, 3)
+
+
+def summary_table(variants: dict[str, dict[str, Any]], threads: list[int]) -> str:
+    """One row per model form: accuracy (when labelled), agreement, logit difference, size and latencies."""
+    labelled = any("accuracy" in row for row in variants.values())
+    head = f"{'':<10}" + (f"{'accuracy':>9}" if labelled else "") + f"{'agree':>8}{'max|Δlogit|':>13}{'MB':>9}"
+    head += "".join(f"{f'ms@{n}thr':>10}" for n in threads)
+    lines = [head]
+    for name, row in variants.items():
+        line = f"{name:<10}" + (f"{row.get('accuracy', float('nan')):>9.4f}" if labelled else "")
+        line += f"{row['agreement']:>8.4f}{row['max_abs_logit_diff']:>13.2e}{row['size_mb']:>9.2f}"
+        line += "".join(f"{row['latency_ms'][str(n)]:>10.2f}" for n in threads)
+        lines.append(line)
+    return "\n".join(lines)
