@@ -3,12 +3,12 @@
 # time (run it with the machine to itself: the timings are part of the results), then copies each JSON and figure
 # next to the README's figure (notes/figures/), so every number traces to a committed file.
 # Usage: bash scripts/run_benchmarks.sh [DATA_DIR] [NAME ...]   (default ../shared/data and every benchmark;
-# names: linreg mnist imdb precision ddp sft lora-memory quant-inference). About 2 h 40 min on a 2-core CPU,
+# names: linreg mnist imdb precision ddp sft lora-memory quant-inference serve). About 2 h 40 min on a 2-core CPU,
 # IMDb 54 min of it.
 set -euo pipefail
 DATA=${1:-../shared/data}
 shift || true
-WANTED=${*:-linreg mnist imdb precision ddp sft lora-memory quant-inference}
+WANTED=${*:-linreg mnist imdb precision ddp sft lora-memory quant-inference serve}
 FIGURES=notes/figures
 
 publish() {  # publish OUTPUT_DIR NAME FIGURE_STEM: the JSON and the PNG, under the README figure's name
@@ -46,6 +46,9 @@ for name in $WANTED; do
     quant-inference)
       OMP_NUM_THREADS=1 llm-course bench quant-inference --output_dir outputs/bench/q24 --max_new_tokens 16
       publish outputs/bench/q24 quant-inference module6_quant ;;
+    serve)
+      llm-course bench serve --output_dir outputs/bench
+      publish outputs/bench serve module7_serve ;;
     *)
       echo "unknown benchmark $name" >&2; exit 2 ;;
   esac

@@ -19,6 +19,7 @@ BENCHMARKS: dict[str, str] = {
     "sft": "llm_course.sft.bench:bench_sft",
     "ddp": "llm_course.distributed.bench:bench_ddp",
     "precision": "llm_course.optimization.bench:bench_precision",
+    "serve": "llm_course.inference.bench:bench_serve",
 }
 
 
