@@ -19,6 +19,7 @@ class RequestResult:
     latency_s: float = 0.0
     completion_tokens: int = 0
     decode_tokens_per_s: float | None = None  # (tokens - 1) / (last chunk - first chunk), seen by the client
+    server_decode_tokens_per_s: float | None = None  # what the engine measured (the ``timings`` extension)
     error: str | None = None
 
 
@@ -27,6 +28,7 @@ async def stream_request(client: Any, url: str, body: dict[str, Any]) -> Request
     start = time.perf_counter()
     first = last = None
     usage: dict[str, int] = {}
+    timings: dict[str, Any] = {}
     try:
         async with client.stream("POST", f"{url}/v1/chat/completions", json=body | {"stream": True}) as response:
             if response.status_code != 200:
@@ -46,10 +48,12 @@ async def stream_request(client: Any, url: str, body: dict[str, Any]) -> Request
                     last = time.perf_counter()
                     first = first or last
                 usage = chunk.get("usage") or usage
+                timings = chunk.get("timings") or timings
     except Exception as err:  # a dropped connection or a timeout counts as an error of this request
         return RequestResult(0, latency_s=time.perf_counter() - start, error=f"{type(err).__name__}: {err}")
     tokens = usage.get("completion_tokens", 0)
-    result = RequestResult(200, latency_s=time.perf_counter() - start, completion_tokens=tokens)
+    result = RequestResult(200, latency_s=time.perf_counter() - start, completion_tokens=tokens,
+                           server_decode_tokens_per_s=timings.get("decode_tokens_per_s"))
     if not done:
         result.error = "the stream ended without [DONE]"
     if first is not None:
@@ -70,6 +74,7 @@ def summarize(results: list[RequestResult], wall_s: float, clients: int) -> dict
     ok = [r for r in results if r.error is None]
     ttft = [r.ttft_s for r in ok if r.ttft_s is not None]
     decode = [r.decode_tokens_per_s for r in ok if r.decode_tokens_per_s is not None]
+    server = [r.server_decode_tokens_per_s for r in ok if r.server_decode_tokens_per_s is not None]
     return {
         "clients": clients,
         "requests": len(results),
@@ -80,6 +85,7 @@ def summarize(results: list[RequestResult], wall_s: float, clients: int) -> dict
         "ttft_p50_s": percentile(ttft, 0.5),
         "ttft_p95_s": percentile(ttft, 0.95),
         "decode_tokens_per_s_median": statistics.median(decode) if decode else None,
+        "server_decode_tokens_per_s_median": statistics.median(server) if server else None,
         "completion_tokens_per_s_total": round(sum(r.completion_tokens for r in ok) / wall_s, 3),
         "latency_p50_s": percentile([r.latency_s for r in ok], 0.5),
         "latency_p95_s": percentile([r.latency_s for r in ok], 0.95),
