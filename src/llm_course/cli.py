@@ -27,7 +27,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "generate": "llm_course.inference.commands:generate",
     "chat": "llm_course.inference.commands:chat",
     "serve": "llm_course.inference.serve:serve",
-    "export": {"onnx": "llm_course.export.onnx:onnx"},
+    "export": {"onnx": "llm_course.export.onnx:onnx", "predict": "llm_course.export.onnx_classifier:predict"},
     "bench": BENCHMARKS,
 }
 HELP = {
@@ -36,7 +36,7 @@ HELP = {
     "generate": "answer one prompt with a chat model, streaming, with its timings (--json for a machine)",
     "chat": "chat with a model in the terminal (/reset, /params, /quit; Ctrl-C stops a reply)",
     "serve": "serve a model: a Gradio chat page and an OpenAI-compatible API on 127.0.0.1",
-    "export": "export a trained model: onnx (the Module 3 classifier, checked with onnxruntime)",
+    "export": "export onnx: the Module 3 classifier as ONNX, checked with onnxruntime; export predict: score with it",
     "bench": f"run a benchmark, writing JSON and a figure: {', '.join(BENCHMARKS)}",
 }
 

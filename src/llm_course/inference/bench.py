@@ -151,7 +151,7 @@ def serve_figure(results: dict[str, Any]) -> Any:
     n = [r["clients"] for r in rows]
     fig, (a, b, c) = subplots(1, 3, figsize=(14, 4))
     a.plot(n, [r["requests_per_s"] for r in rows], "o-")
-    a.set(xscale="log", xlabel="concurrent clients", ylabel="requests/s", title="throughput")
+    a.set(xscale="log", xlabel="concurrent clients", ylabel="requests/s", title="throughput", ylim=(0, None))
     b.plot(n, [r["ttft_p50_s"] for r in rows], "o-", label="p50")
     b.plot(n, [r["ttft_p95_s"] for r in rows], "s--", label="p95")
     b.axhline(raw["ttft_median_s"], color="grey", lw=1, label="raw generate")
