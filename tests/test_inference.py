@@ -233,3 +233,20 @@ def test_ctrl_c_stops_one_reply_not_the_session(slow, monkeypatch):
     assert "cancelled" in text  # the stats line of the stopped reply
     assert len(session.history) == 4 and session.history[-1]["content"] == "ok " * 3
     assert 5 <= session.history[1]["content"].count("ok") < 900
+
+
+def test_an_adapter_on_nf4_weights_stays_a_lora_layer_over_the_4bit_base(tmp_path, tiny_llama):
+    from peft import PeftModel
+
+    from llm_course.sft.lora import add_lora, load_causal_lm
+
+    torch.manual_seed(0)
+    net = add_lora(load_causal_lm(tiny_llama), r=4, init_lora_weights=False)
+    net.save_pretrained(tmp_path / "adapter")
+    engine = GenerationEngine.load(tiny_llama, adapter=str(tmp_path / "adapter"), weights="nf4", device="cpu")
+    assert isinstance(engine.model, PeftModel)
+    kinds = {type(m).__name__ for m in engine.model.modules()}
+    assert "Linear4bit" in kinds and any("lora" in k.lower() for k in kinds)
+    assert engine.weights_mb < GenerationEngine.load(tiny_llama, device="cpu").weights_mb
+    text, stats = engine.generate(HI, SamplingParams(temperature=0, max_new_tokens=4))
+    assert stats.completion_tokens >= 1 and engine.name.endswith("+adapter")

@@ -2,6 +2,7 @@
 pre-clip norm and bounds the update, ``compile`` gives the eager loss, a grad scaler skips a step on inf gradients."""
 
 import math
+import tempfile
 
 import lightning as L
 import pytest
@@ -18,9 +19,10 @@ def sgd(lr: float = 0.1):
 
 
 def one_step(model: L.LightningModule, loader, **trainer_args) -> L.LightningModule:
+    # a root dir of its own: without a logger, TextClassifier.on_fit_end writes hf_model/ there (else into the cwd)
     trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        **trainer_args)  # fmt: skip
+                        default_root_dir=tempfile.mkdtemp(prefix="one_step_"), **trainer_args)  # fmt: skip
     trainer.fit(model, train_dataloaders=loader)
     return model
 

@@ -62,7 +62,8 @@ def load_model(
         net = load_base_as_trained(base, read_base_record(adapter), dtype, trust_remote_code)
         net = _with_adapter(net, adapter).merge_and_unload()
     else:
-        net = load_causal_lm(base, quantization, dtype, where, trust_remote_code=trust_remote_code)
+        net = fused_4bit_kernel_where_it_fits(load_causal_lm(base, quantization, dtype, where,
+                                                             trust_remote_code=trust_remote_code))  # fmt: skip
         if adapter is not None:
             net = _with_adapter(net, adapter)
     if quantization == "none":
@@ -79,3 +80,15 @@ def _with_adapter(net: torch.nn.Module, adapter: str) -> Any:
     adapter_base(adapter)  # a clear error for a folder that is not an adapter
     return PeftModel.from_pretrained(net, adapter)
 
+
+
+def fused_4bit_kernel_where_it_fits(net: torch.nn.Module) -> torch.nn.Module:
+    """Keep bitsandbytes' fused CPU 4-bit kernel (AVX512-BF16: nf4 decodes fastest with it, notes/07) only for layers
+    whose input width is a multiple of the quantization block: its weight repacking reshapes the block scales to
+    ``(out, in // blocksize)`` and fails for narrower layers (``shape '[32, 0]' is invalid``, notes/debug_log.md)."""
+    for module in net.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            state = getattr(module.weight, "quant_state", None)
+            if module.in_features % (state.blocksize if state is not None else 64):
+                module.support_avx512bf16_for_cpu = False
+    return net
