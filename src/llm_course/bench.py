@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, str] = {
     "ddp": "llm_course.distributed.bench:bench_ddp",
     "precision": "llm_course.optimization.bench:bench_precision",
     "serve": "llm_course.inference.bench:bench_serve",
+    "rag": "llm_course.rag.bench:bench_rag",
 }
 
 
