@@ -12,6 +12,7 @@ from llm_course.rag.retrieve import Mode, Retrieval, Retriever
 # the notes are taken not to cover the question.
 ABSTAIN_ON = "coverage"
 DEFAULT_MIN_SCORE = 0.32
+MIN_REPLY = 32  # tokens of answer to leave room for when the passages fill a small model's context
 ABSTAIN = "The course notes do not cover this question, so I will not guess."
 SYSTEM = (
     "You answer questions about a machine-learning course using only the numbered context passages from its notes. "
@@ -77,5 +78,19 @@ class NotesQA:
         sources = sources_of(retrieval)
         if abstain or self.engine is None:
             return Answer(question, ABSTAIN if abstain else "", abstain, retrieval, None, sources)
-        text, stats = self.engine.generate(grounded_messages(question, retrieval), self.params)
+        messages, params = self.fit_context(question, retrieval)
+        text, stats = self.engine.generate(messages, params)
         return Answer(question, text.strip(), False, retrieval, stats, sources)
+
+    def fit_context(self, question: str, retrieval: Retrieval) -> tuple[list[dict[str, str]], SamplingParams]:
+        """The grounded chat and sampling settings that fit the model's context: passages are dropped from the last
+        while the prompt leaves fewer than ``MIN_REPLY`` tokens, and the reply is cut to what room is left."""
+        from dataclasses import replace
+
+        limit, hits = self.engine.context_length, list(retrieval.hits)
+        while True:
+            messages = grounded_messages(question, replace(retrieval, hits=hits))
+            room = limit - len(self.engine.prompt_ids(messages))
+            if room >= min(MIN_REPLY, self.params.max_new_tokens) or len(hits) <= 1:
+                return messages, replace(self.params, max_new_tokens=max(1, min(self.params.max_new_tokens, room)))
+            hits = hits[:-1]

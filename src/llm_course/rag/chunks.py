@@ -124,7 +124,10 @@ def split_file(file: str, text: str, count_tokens: Callable[[str], int], max_tok
 
 
 def _chunk(file: str, path: list[str], lines: list[str], window: list[int]) -> Chunk:
-    return Chunk(file, list(path), window[0] + 1, window[-1] + 1, "\n".join(lines[i] for i in window).strip("\n"))
+    """The chunk of ``window`` (0-based line numbers), blank lines at either end left out of text and range."""
+    filled = [i for i in window if lines[i].strip()] or window
+    first, last = filled[0], filled[-1]
+    return Chunk(file, list(path), first + 1, last + 1, "\n".join(lines[first : last + 1]))
 
 
 def _heading_only(chunk: Chunk) -> str:
