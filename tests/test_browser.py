@@ -8,12 +8,32 @@ from llm_course.inference import GenerationEngine, SamplingParams, page
 from llm_course.inference.scheduler import Scheduler
 from llm_course.inference.serve import build_server
 
+NOTES = """# Kitchen notes
+
+## Boiling pasta
+
+Bring salted water to a rolling boil, add the pasta, cook it for nine minutes and drain it.
+
+## Baking bread
+
+Knead the dough for ten minutes, let it rise for an hour and bake it at 220 degrees.
+"""
+
 
 @pytest.fixture(scope="module")
-def server(constant_llama, tiny_llama):
+def server(constant_llama, tiny_llama, tmp_path_factory):
+    from llm_course.rag.answer import NotesQA
+    from llm_course.rag.index import RagIndex, load_embedder
+    from llm_course.rag.retrieve import Retriever
+
     engines = {"constant:fp32": GenerationEngine.load(constant_llama, device="cpu"),
                "tiny:fp32": GenerationEngine.load(tiny_llama, device="cpu")}  # fmt: skip
-    app = build_server(engines, Scheduler(), SamplingParams(temperature=0, max_new_tokens=6), ui=True)
+    notes = tmp_path_factory.mktemp("notes")
+    (notes / "kitchen.md").write_text(NOTES)
+    embedder = load_embedder("minilm")
+    qa = NotesQA(Retriever(RagIndex.build(str(notes), embedder)[0], embedder), engines["constant:fp32"], top_k=2,
+                 params=SamplingParams(temperature=0, max_new_tokens=5))  # fmt: skip
+    app = build_server(engines, Scheduler(), SamplingParams(temperature=0, max_new_tokens=6), ui=True, notes_qa=qa)
     with running_server(app) as url:
         yield url
 
@@ -33,3 +53,21 @@ def test_chat_and_compare_in_a_real_browser(server, tmp_path):
     assert "tiny:fp32" in both["b"][1] and "tokens/s" in both["b"][1]  # its reply: random bytes
     for name in ("chat.png", "compare.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ask_the_notes_tab_answers_with_sources_and_abstains(server, tmp_path):
+    import httpx
+
+    with chromium() as driver:
+        page.open_page(driver, server)
+        frames: list[bytes] = []
+        answer, stats, sources = page.ask_notes(driver, "How long should pasta boil?", timeout_s=60, frames=frames)
+        assert answer.strip() == "ok ok ok ok ok" and "tokens/s" in stats and "answered" in stats
+        assert "[1]" in sources and "kitchen.md#boiling-pasta" in sources.splitlines()[0]
+        link = driver.find_element("css selector", "#notes-sources a").get_attribute("href")
+        answer, stats, _ = page.ask_notes(driver, "Which reward model does RLHF with PPO train?", timeout_s=60)
+        assert "do not cover" in answer and "abstained" in stats
+    assert httpx.get(link).text == NOTES  # the citation opens the cited file
+    assert httpx.get(f"{server}/source/etc/passwd").status_code == 404  # and nothing else
+    page.save_gif(frames, str(tmp_path / "demo.gif"))
+    assert (tmp_path / "demo.gif").read_bytes()[:6] == b"GIF89a" and len(frames) >= 2

@@ -66,18 +66,64 @@ def compare(driver: Any, prompt: str, timeout_s: float = 300) -> dict[str, tuple
     return out
 
 
+def ask_notes(driver: Any, question: str, timeout_s: float = 300, frames: list[bytes] | None = None,
+              every_s: float = 0.5) -> tuple[str, str, str]:  # fmt: skip
+    """Ask ``question`` in the "Ask the course notes" tab; wait for the answer's final line (timings, or the
+    abstention). With ``frames``, a screenshot is appended every ``every_s`` seconds meanwhile (for a GIF).
+    Returns (answer, stats line, sources text)."""
+    import time
+
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.XPATH, "//button[@role='tab' and contains(., 'Ask the course notes')]").click()
+    wait_for(lambda: driver.find_element(By.CSS_SELECTOR, "#notes-input textarea").is_displayed(), 30, "notes tab")
+    before = text_of(driver, "#notes-stats")
+    _type(driver, "#notes-input textarea", question, timeout_s)
+
+    def done() -> str:
+        if frames is not None:
+            frames.append(driver.get_screenshot_as_png())
+        text = text_of(driver, "#notes-stats")
+        return text if text != before and ("tokens/s" in text or "abstained" in text) else ""
+
+    stats = wait_for(done, timeout_s, "the answer's timings", poll_s=every_s)
+    time.sleep(every_s)  # let the last update render
+    if frames is not None:
+        frames.append(driver.get_screenshot_as_png())
+    return text_of(driver, "#notes-answer"), stats, text_of(driver, "#notes-sources")
+
+
+def save_gif(frames: list[bytes], path: str, frame_ms: int = 500, hold_last_ms: int = 4000, width: int = 960) -> None:
+    """An animated GIF of PNG screenshots (scaled to ``width``), the last frame held longer."""
+    import io
+
+    from PIL import Image
+
+    images = [Image.open(io.BytesIO(f)).convert("RGB") for f in frames]
+    images = [im.resize((width, round(im.height * width / im.width))) for im in images]
+    durations = [frame_ms] * (len(images) - 1) + [hold_last_ms]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=durations, loop=0, optimize=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Screenshot the serve page in compare mode (a real headless Chromium)")
     parser.add_argument("--url", default="http://127.0.0.1:8000/")
     parser.add_argument("--prompt", default="In two sentences, why does a quantized model use less memory?")
     parser.add_argument("--output", default="notes/figures/module7_gradio.png")
     parser.add_argument("--height", type=int, default=1100)
+    parser.add_argument("--notes_question", help="instead: ask this in the notes tab and save a GIF to --output")
     args = parser.parse_args()
     with chromium(height=args.height) as driver:
         open_page(driver, args.url)
-        for side, (reply, stats) in compare(driver, args.prompt).items():
-            print(f"{side}: {stats}\n   {reply[:200]}")
-        driver.save_screenshot(args.output)
+        if args.notes_question:
+            frames: list[bytes] = []
+            answer, stats, sources = ask_notes(driver, args.notes_question, frames=frames)
+            print(f"{stats}\n{answer}\n{sources}")
+            save_gif(frames, args.output)
+        else:
+            for side, (reply, stats) in compare(driver, args.prompt).items():
+                print(f"{side}: {stats}\n   {reply[:200]}")
+            driver.save_screenshot(args.output)
     print(f"saved {args.output}")
 
 

@@ -51,11 +51,18 @@ def check_host(host: str) -> None:
 
 
 def build_server(engines: dict[str, GenerationEngine], scheduler: Scheduler, defaults: SamplingParams,
-                 ui: bool = True, extra_tabs: list[Callable[[], None]] | None = None) -> Any:  # fmt: skip
-    """The FastAPI app with the API routes and, if ``ui``, the Gradio page mounted at ``/``."""
+                 ui: bool = True, notes_qa: Any | None = None) -> Any:  # fmt: skip
+    """The FastAPI app with the API routes and, if ``ui``, the Gradio page mounted at ``/``; with ``notes_qa`` (a
+    :class:`~llm_course.rag.answer.NotesQA`), the page's "Ask the course notes" tab and the cited files."""
     from llm_course.inference.api import build_app
 
     app = build_app(engines, scheduler, defaults)
+    extra_tabs: list[Callable[[], None]] = []
+    if notes_qa is not None:
+        from llm_course.rag.webui import add_source_route, notes_tab
+
+        add_source_route(app, notes_qa)
+        extra_tabs.append(notes_tab(notes_qa, scheduler))
     if ui:
         import gradio as gr
 
@@ -83,6 +90,8 @@ def serve(
     max_new_tokens: int = 256,
     device: str = "auto",
     trust_remote_code: bool = False,
+    notes: str | None = None,
+    notes_index: str = "outputs/rag_index",
 ) -> None:
     """Serve the model: a Gradio chat page at / and an OpenAI-compatible API at /v1 (chat/completions, models),
     with /health; one process, models loaded once at start-up.
@@ -106,6 +115,9 @@ def serve(
         max_new_tokens: default reply length when a request sets none.
         device: auto, cpu, cuda or cuda:N.
         trust_remote_code: allow model code from the hub (off unless you trust the repo).
+        notes: a folder of notes (e.g. notes) for the page's "Ask the course notes" tab (Module 8), answered by the
+            first model; indexed into --notes_index, re-embedding only files that changed.
+        notes_index: where that index is kept.
     """
     import uvicorn
 
@@ -116,6 +128,16 @@ def serve(
     defaults.check(0, 1 << 30)
     engines = load_variants(model, adapter, weights, compare_weights or [], compare_adapter, device,
                             trust_remote_code)  # fmt: skip
-    app = build_server(engines, Scheduler(queue_size), defaults, ui)
+    notes_qa = None
+    if notes is not None:
+        from llm_course.rag.answer import NotesQA
+        from llm_course.rag.commands import refresh_index
+        from llm_course.rag.index import load_embedder
+        from llm_course.rag.retrieve import Retriever
+
+        embedder = load_embedder("minilm")
+        notes_qa = NotesQA(Retriever(refresh_index(notes, notes_index, embedder)[0], embedder),
+                           next(iter(engines.values())))  # fmt: skip
+    app = build_server(engines, Scheduler(queue_size), defaults, ui, notes_qa)
     print(f"serving {', '.join(engines)} at http://{host}:{port}/ (API: http://{host}:{port}/v1)", file=sys.stderr)
     uvicorn.run(app, host=host, port=port, log_level="warning")
