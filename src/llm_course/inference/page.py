@@ -5,9 +5,18 @@ asks one prompt in compare mode and saves the screenshot.
 """
 
 import argparse
+import re
 from typing import Any
 
 from llm_course.browser import chromium, text_of, wait_for
+
+PENDING = re.compile(r"^\s*(\d+(\.\d+)?s|processing|queue)", re.I)  # Gradio's timer over a component being updated
+
+
+def settled(driver: Any, css: str) -> str:
+    """The text of ``css`` once Gradio is done updating it: '' while it shows its pending timer ("0.4s")."""
+    text = text_of(driver, css)
+    return "" if PENDING.match(text) else text
 
 
 def open_page(driver: Any, url: str, timeout_s: float = 60) -> None:
@@ -31,7 +40,7 @@ def _stats(driver: Any, css: str, timeout_s: float, before: str = "") -> str:
     """Wait for a new timings line in ``css`` (not ``before``, the line of the previous reply)."""
 
     def fresh() -> str:
-        text = text_of(driver, css)
+        text = settled(driver, css)
         return text if "tokens/s" in text and text != before else ""
 
     return wait_for(fresh, timeout_s, f"the timings line in {css}")
@@ -83,7 +92,7 @@ def ask_notes(driver: Any, question: str, timeout_s: float = 300, frames: list[b
     def done() -> str:
         if frames is not None:
             frames.append(driver.get_screenshot_as_png())
-        text = text_of(driver, "#notes-stats")
+        text = settled(driver, "#notes-stats")
         return text if text != before and ("tokens/s" in text or "abstained" in text) else ""
 
     stats = wait_for(done, timeout_s, "the answer's timings", poll_s=every_s)
