@@ -199,3 +199,23 @@ def test_rag_commands_index_search_and_ask_json(notes, tmp_path, constant_llama,
     with pytest.raises(SystemExit):
         run_cli("rag", "ask", "--question", "x", "--source", "null", "--index_dir", tmp_path / "none")
     assert "no index there" in capsys.readouterr().err
+
+
+def test_a_local_cross_encoder_reorders_the_candidates(notes, embedder, tmp_path):
+    import torch
+    from sentence_transformers import CrossEncoder
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from llm_course.assets import minilm_dir
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, num_labels=1)  # fmt: skip
+    BertForSequenceClassification(config).save_pretrained(tmp_path / "cross")
+    AutoTokenizer.from_pretrained(minilm_dir()).save_pretrained(tmp_path / "cross")
+    cross = CrossEncoder(str(tmp_path / "cross"))
+    index, _ = RagIndex.build(str(notes), embedder)
+    hits = Retriever(index, embedder, reranker=cross, candidates=5).search("tomato pests", "hybrid", 5).hits
+    expected = cross.predict([("tomato pests", index.chunks[h.index].for_embedding()) for h in hits])
+    assert [h.score for h in hits] == pytest.approx(sorted(map(float, expected), reverse=True), abs=1e-6)
+    assert len(hits) == len(index.chunks)  # every candidate re-scored (5 chunks)
