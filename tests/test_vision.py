@@ -243,3 +243,41 @@ def test_bench_mnist_reports_test_accuracy_on_the_given_files(tmp_path):
     assert report["test_acc"] == pytest.approx((predicted == y).float().mean().item(), abs=1e-6)
     assert report["best_val_acc"] == max(e["val/acc"] for e in report["history"])
     assert (tmp_path / "out" / "mnist.png").stat().st_size > 20_000
+
+
+def test_tensorboard_run_has_the_tags_of_the_tour(tmp_path, tiny_idx_args):
+    """The scalars notes/02's TensorBoard tour shows: loss, the task's metric, learning rate, gradient norm,
+    throughput and peak memory, all in one short run's event file."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    args = ["--config", str(CONFIGS / "mnist.yaml"), "--data.init_args.source=mnist", *tiny_idx_args, *QUIET,
+            "--trainer.max_epochs=2", "--trainer.log_every_n_steps=1",
+            f"--trainer.default_root_dir={tmp_path}"]  # fmt: skip
+    CourseCLI(["fit", *args])
+    tags = set(EventAccumulator(str(run_dir(tmp_path)), size_guidance={"scalars": 0}).Reload().Tags()["scalars"])
+    for wanted in ("train/grad_norm", "train/samples_per_sec", "train/peak_mem_mb", "val/acc", "val/loss"):
+        assert wanted in tags, (wanted, sorted(tags))
+    assert any(t.startswith("train/loss") for t in tags) and any(t.startswith("lr-") for t in tags), sorted(tags)
+    events = EventAccumulator(str(run_dir(tmp_path)), size_guidance={"scalars": 0}).Reload()
+    assert all(e.value > 0 for e in events.Scalars("train/grad_norm"))
+    lr = next(t for t in tags if t.startswith("lr-"))
+    assert len(events.Scalars(lr)) >= 2 and all(0 < e.value < 1 for e in events.Scalars(lr))
+
+
+def test_bench_vision_reports_mlp_cnn_and_fashion(tmp_path):
+    from conftest import run_cli
+
+    mnist = write_tiny_idx(tmp_path / "mnist", n_train=10, n_test=40)
+    fashion = write_tiny_idx(tmp_path / "fashion", n_train=200, n_test=30)
+    run_cli("bench", "vision", f"--test_images={mnist / 't10k-images-idx3-ubyte.gz'}",
+            f"--test_labels={mnist / 't10k-labels-idx1-ubyte.gz'}", f"--output_dir={tmp_path / 'out'}",
+            f"--fashion_dir={fashion}",
+            '--overrides=["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.accelerator=cpu"]')
+    report = json.loads((tmp_path / "out" / "vision.json").read_text())
+    models = report["models"]
+    assert list(models) == ["mnist_mlp", "mnist_cnn", "fashion_cnn"]
+    assert models["mnist_mlp"]["test_samples"] == models["mnist_cnn"]["test_samples"] == 40
+    assert models["fashion_cnn"]["test_samples"] == 30
+    assert models["mnist_mlp"]["parameters"] > models["mnist_cnn"]["parameters"]  # 784-512-256-10 vs a small CNN
+    assert all(0 <= m["test_acc"] <= 1 and m["train_seconds"] > 0 and m["epochs_run"] == 1 for m in models.values())
+    assert (tmp_path / "out" / "vision.png").stat().st_size > 10_000

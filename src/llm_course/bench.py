@@ -13,6 +13,7 @@ from typing import Any
 BENCHMARKS: dict[str, str] = {
     "linreg": "llm_course.linreg.bench:bench_linreg",
     "mnist": "llm_course.vision.bench:bench_mnist",
+    "vision": "llm_course.vision.bench:bench_vision",
     "imdb": "llm_course.text.bench:bench_imdb",
     "lora-memory": "llm_course.sft.bench:bench_lora_memory",
     "quant-inference": "llm_course.sft.bench:bench_quant_inference",
