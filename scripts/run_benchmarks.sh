@@ -3,12 +3,12 @@
 # time (run it with the machine to itself: the timings are part of the results), then copies each JSON and figure
 # next to the README's figure (notes/figures/), so every number traces to a committed file.
 # Usage: bash scripts/run_benchmarks.sh [DATA_DIR] [NAME ...]   (default ../shared/data and every benchmark;
-# names: linreg mnist imdb precision ddp sft lora-memory quant-inference serve onnx rag). About 2 h 40 min on a 2-core CPU,
+# names: linreg mnist imdb precision ddp sft lora-memory quant-inference serve onnx rag vision). About 2 h 40 min on a 2-core CPU,
 # IMDb 54 min of it.
 set -euo pipefail
 DATA=${1:-../shared/data}
 shift || true
-WANTED=${*:-linreg mnist imdb precision ddp sft lora-memory quant-inference serve onnx rag}
+WANTED=${*:-linreg mnist imdb precision ddp sft lora-memory quant-inference serve onnx rag vision}
 FIGURES=notes/figures
 
 publish() {  # publish OUTPUT_DIR NAME FIGURE_STEM: the JSON and the PNG, under the README figure's name
@@ -57,6 +57,10 @@ for name in $WANTED; do
       llm-course export onnx --model_dir outputs/onnx_run/tensorboard_logs/version_0/hf_model --output_dir outputs/onnx \
         --check_file "$DATA/imdb/test.jsonl.gz" --max_check_samples 1000
       cp outputs/onnx/export.json "$FIGURES/module7_onnx.json" ;;
+    vision)  # Fashion-MNIST from Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)
+      llm-course bench vision --test_images "$DATA/mnist/t10k-images-idx3-ubyte.gz" \
+        --test_labels "$DATA/mnist/t10k-labels-idx1-ubyte.gz" --output_dir outputs/bench
+      publish outputs/bench vision module2_vision ;;
     rag)
       llm-course bench rag --output_dir outputs/bench
       publish outputs/bench rag module8_rag ;;

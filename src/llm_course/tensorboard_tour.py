@@ -36,9 +36,15 @@ def screenshot(url: str, output: str, tag_filter: str = TAGS, width: int = 1500,
     from selenium.webdriver.common.by import By
 
     with chromium(width, height) as driver:
-        driver.get(f"{url}/?darkMode=false#timeseries&tagFilter={tag_filter}")
-        wait_for(lambda: len(driver.find_elements(By.CSS_SELECTOR, "scalar-card-component, .scalar-card, canvas"))
-                 >= 4, 90, "the scalar charts")  # fmt: skip
+        driver.get(f"{url}/#timeseries")
+        box = wait_for(lambda: driver.find_element(By.CSS_SELECTOR, "input[placeholder*='Filter tags']"), 90,
+                       "the tag filter")  # fmt: skip
+        box.send_keys(tag_filter)
+        for button in driver.find_elements(By.XPATH, "//button[contains(., 'Settings')]"):
+            if "active" in (button.get_attribute("class") or "") or button.get_attribute("aria-pressed") == "true":
+                button.click()  # close the settings pane: more room for the charts
+        wait_for(lambda: len(driver.find_elements(By.CSS_SELECTOR, "scalar-card-component, .scalar-card")) >= 4, 90,
+                 "the scalar charts")  # fmt: skip
         time.sleep(3)  # the charts animate in
         driver.save_screenshot(output)
 
