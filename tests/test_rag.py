@@ -172,7 +172,7 @@ def test_answers_cite_numbered_passages_and_abstain_when_uncovered(notes, embedd
     index, _ = RagIndex.build(str(notes), embedder)
     engine = GenerationEngine.load(constant_llama, device="cpu")
     qa = NotesQA(Retriever(index, embedder), engine, top_k=2, params=SamplingParams(temperature=0, max_new_tokens=3))
-    answer = qa.ask("How long do I bake bread and at what temperature?")
+    answer = qa.ask("Should I knead the dough for ten minutes when baking bread?")
     assert not answer.abstained and answer.text == "ok ok ok" and answer.stats.completion_tokens == 3
     assert answer.sources[0]["n"] == 1 and answer.sources[0]["heading"] == "Baking bread"
     assert answer.sources[0]["citation"].startswith(f"{notes}/01_cooking.md#baking-bread (lines ")

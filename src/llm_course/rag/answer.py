@@ -11,7 +11,7 @@ from llm_course.rag.retrieve import Mode, Retrieval, Retriever
 # support (Retrieval.support: the cosine, the coverage of the question's words, or their mean) is below MIN_SCORE,
 # the notes are taken not to cover the question.
 ABSTAIN_ON = "coverage"
-DEFAULT_MIN_SCORE = 0.32
+DEFAULT_MIN_SCORE = 0.364
 MIN_REPLY = 32  # tokens of answer to leave room for when the passages fill a small model's context
 ABSTAIN = "The course notes do not cover this question, so I will not guess."
 SYSTEM = (
