@@ -254,11 +254,11 @@ def test_tensorboard_run_has_the_tags_of_the_tour(tmp_path, tiny_idx_args):
             "--trainer.max_epochs=2", "--trainer.log_every_n_steps=1",
             f"--trainer.default_root_dir={tmp_path}"]  # fmt: skip
     CourseCLI(["fit", *args])
-    tags = set(EventAccumulator(str(run_dir(tmp_path)), size_guidance={"scalars": 0}).Reload().Tags()["scalars"])
+    events = EventAccumulator(str(run_dir(tmp_path)), size_guidance={"scalars": 0}).Reload()
+    tags = set(events.Tags()["scalars"])
     for wanted in ("train/grad_norm", "train/samples_per_sec", "train/peak_mem_mb", "val/acc", "val/loss"):
         assert wanted in tags, (wanted, sorted(tags))
     assert any(t.startswith("train/loss") for t in tags) and any(t.startswith("lr-") for t in tags), sorted(tags)
-    events = EventAccumulator(str(run_dir(tmp_path)), size_guidance={"scalars": 0}).Reload()
     assert all(e.value > 0 for e in events.Scalars("train/grad_norm"))
     lr = next(t for t in tags if t.startswith("lr-"))
     assert len(events.Scalars(lr)) >= 2 and all(0 < e.value < 1 for e in events.Scalars(lr))

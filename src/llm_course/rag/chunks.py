@@ -108,19 +108,23 @@ def split_file(file: str, text: str, count_tokens: Callable[[str], int], max_tok
         budget = max_tokens - count_tokens(" > ".join(path))
         costs = {i: count_tokens(lines[i]) + 1 for i in range(first, last + 1)}
         window: list[int] = []
+        used = 0  # tokens in ``window``
         for i in range(first, last + 1):
-            if window and sum(costs[j] for j in window) + costs[i] > budget:
+            if window and used + costs[i] > budget:
                 chunks.append(_chunk(file, path, lines, window))
                 keep: list[int] = []
+                used = 0
                 for j in reversed(window):  # the overlap: trailing lines of the window just closed
-                    if sum(costs[k] for k in keep) + costs[j] > overlap_tokens:
+                    if used + costs[j] > overlap_tokens:
                         break
                     keep.insert(0, j)
+                    used += costs[j]
                 window = keep
             window.append(i)
+            used += costs[i]
         if window:
             chunks.append(_chunk(file, path, lines, window))
-    return [c for c in chunks if c.text.strip() and c.text.strip() != _heading_only(c)]
+    return [c for c in chunks if c.text.strip() and not _heading_only(c)]
 
 
 def _chunk(file: str, path: list[str], lines: list[str], window: list[int]) -> Chunk:
@@ -130,7 +134,7 @@ def _chunk(file: str, path: list[str], lines: list[str], window: list[int]) -> C
     return Chunk(file, list(path), first + 1, last + 1, "\n".join(lines[first : last + 1]))
 
 
-def _heading_only(chunk: Chunk) -> str:
-    """The chunk's text when it is nothing but its heading line (such chunks are dropped)."""
-    first = chunk.text.strip().splitlines()[0] if chunk.text.strip() else ""
-    return first if HEADING.match(first) and len(chunk.text.strip().splitlines()) == 1 else "\0"
+def _heading_only(chunk: Chunk) -> bool:
+    """Whether the chunk is nothing but its heading line (such chunks are dropped)."""
+    lines = chunk.text.strip().splitlines()
+    return len(lines) == 1 and HEADING.match(lines[0]) is not None

@@ -48,9 +48,13 @@ def index(source: str = "notes", index_dir: str = INDEX_DIR, embedder: str = "mi
 def _qa(source: str | None, index_dir: str, mode: Mode, top_k: int, min_score: float, backend: str,
         reranker: str | None, model: str | None, adapter: str | None, weights: str,
         device: str) -> NotesQA:  # fmt: skip
-    embedder = load_embedder("minilm", "cpu" if device == "auto" else device)
+    # the query must be embedded by the model the index was built with, and kept with its chunk settings
+    manifest = Path(index_dir) / MANIFEST
+    settings = jsonlib.loads(manifest.read_text())["settings"] if manifest.is_file() else {"embedder": "minilm"}
+    embedder = load_embedder(settings["embedder"], "cpu" if device == "auto" else device)
     if source is not None:
-        built, _ = refresh_index(source, index_dir, embedder)
+        built, _ = refresh_index(source, index_dir, embedder, settings.get("max_tokens", 200),
+                                 settings.get("overlap_tokens", 32), embedder_name=settings["embedder"])  # fmt: skip
     else:
         built = RagIndex.load(index_dir)
     cross = None
