@@ -126,6 +126,8 @@ def test_rows_a_cpu_cannot_run_are_named_with_the_reason_and_repeats_skip_valida
     assert "--trainer.limit_val_batches=0" in lightning and "--trainer.precision=bf16-true" in lightning
     spec = json.loads(plain_command(Row("plain", "32-true"), c, tmp_path / "r.json")[-2])
     assert spec["validate"] is False and spec["max_train_samples"] == 20 and spec["label_names"] == ["neg", "pos"]
+    # the plain loop does the Trainer's work: imdb.yaml's frozen token table travels with the spec
+    assert c["freeze_embeddings"] is True and spec["freeze_embeddings"] is True
 
 
 def test_timing_leaves_the_warm_up_out_and_compile_time_is_the_extra_overhead():

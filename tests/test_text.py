@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import CONFIGS, review_rows, run_dir, write_jsonl
+from conftest import CONFIGS, load_state, review_rows, run_dir, write_jsonl
 from llm_course.errors import AssetError, ConfigError, MissingFileError
 from llm_course.reports import classification_report
 from llm_course.text import TextClassificationDataModule, TextClassifier
@@ -197,6 +197,29 @@ def test_dropout_option_sets_every_dropout_probability(tiny_bert):
         TextClassifier(tiny_bert, labels=["neg", "pos"], dropout=1.5)
 
 
+def test_imdb_config_freezes_the_token_embeddings_and_trains_the_rest(tmp_path, tiny_bert):
+    from transformers import AutoModelForSequenceClassification
+
+    rows = review_rows(24)
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    CourseCLI(["fit", "--config", str(CONFIGS / "imdb.yaml"), f"--model.init_args.model_name_or_path={tiny_bert}",
+               f"--data.init_args.train_file={train}", f"--trainer.default_root_dir={tmp_path}", *QUIET,
+               "--trainer.max_steps=3", "--trainer.val_check_interval=1.0", "--data.init_args.batch_size=4"])  # fmt: skip
+    pretrained = AutoModelForSequenceClassification.from_pretrained(tiny_bert).state_dict()
+    trained = load_state(run_dir(tmp_path) / "checkpoints" / "last.ckpt")
+    table = "bert.embeddings.word_embeddings.weight"
+    assert torch.equal(trained[f"net.{table}"], pretrained[table])  # frozen: exactly as pretrained
+    for name in ("bert.embeddings.position_embeddings.weight", "bert.encoder.layer.0.attention.self.query.weight"):
+        assert not torch.equal(trained[f"net.{name}"], pretrained[name])  # still trained
+
+    module = TextClassifier(tiny_bert, labels=["neg", "pos"], freeze_embeddings=True)
+    optimizer = module.configure_optimizers()
+    optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
+    in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert id(module.net.get_input_embeddings().weight) not in in_optimizer
+    assert len(in_optimizer) == sum(p.requires_grad for p in module.parameters()) == len(list(module.parameters())) - 1
+
+
 def test_test_writes_metrics_report_and_confusion_matrix(tmp_path, tiny_bert):
     rows = review_rows(24)
     train, test = write_jsonl(tmp_path / "train.jsonl", rows), write_jsonl(tmp_path / "test.jsonl", rows[:10])
@@ -235,6 +258,7 @@ def test_bench_imdb_reports_f1_and_times(tmp_path, tiny_bert):
     assert report["train_samples_per_sec"] > report["fit_samples_per_sec"] > 0
     assert len(report["history"]) == 2  # val_check_interval 0.5
     assert report["settings"]["max_length"] == 128 and report["settings"]["truncation"] == "head_tail"
+    assert report["settings"]["freeze_embeddings"] is True  # imdb.yaml's
     assert (tmp_path / "out" / "imdb.png").stat().st_size > 20_000
 
 

@@ -51,6 +51,7 @@ def train(
     warmup_ratio: float = 0.06,
     decay: Literal["linear", "cosine", "constant"] = "linear",
     dropout: float | None = 0.0,
+    freeze_embeddings: bool = True,
     epochs: int = 1,
     max_steps: int = -1,
     gradient_accumulation_steps: int = 1,
@@ -87,6 +88,7 @@ def train(
         warmup_ratio: share of the optimizer steps spent in linear warm-up (``WarmupDecayLR``).
         decay: learning-rate decay after the warm-up.
         dropout: every dropout probability of the model; ``None`` keeps the pretrained values.
+        freeze_embeddings: keep the input token embeddings as pretrained (``TextClassifier``'s option).
         epochs: passes over the training data.
         max_steps: stop after this many optimizer steps (-1: run all ``epochs``).
         gradient_accumulation_steps: micro-batches per optimizer step; the all-reduce runs on the last only.
@@ -123,7 +125,8 @@ def train(
     with accelerator.main_process_first():  # one process tokenizes, the others read its cache
         dm.prepare_data()
         dm.setup("fit")
-    classifier = TextClassifier(model_name_or_path, labels=dm.label_names, dropout=dropout)
+    classifier = TextClassifier(model_name_or_path, labels=dm.label_names, dropout=dropout,
+                                freeze_embeddings=freeze_embeddings)  # fmt: skip
     model = classifier.net  # the plain Hugging Face model: the loop needs no LightningModule
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
     # accelerate shards the training loader by whole batches (batch i goes to process i mod N). The validation

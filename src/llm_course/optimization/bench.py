@@ -168,7 +168,8 @@ def bench_precision(
         "hardware": hardware(cuda),
         "settings": {k: c[k] for k in ("model_name_or_path", "steps", "batch_size", "samples", "max_length",
                                        "val_fraction", "seed", "lr", "weight_decay", "warmup_ratio", "decay",
-                                       "gradient_clip_val", "dropout", "truncation", "task_config")}
+                                       "gradient_clip_val", "dropout", "freeze_embeddings", "truncation",
+                                       "task_config")}
         | {"train_file": str(train_file), "warmup_steps": warmup_steps, "repeats": repeats,
            "pair_repeats": pair_repeats},
     }  # fmt: skip

@@ -287,6 +287,7 @@ def fit_plain(
     warmup_ratio: float = 0.06,
     decay: Literal["linear", "cosine", "constant"] = "linear",
     dropout: float | None = 0.0,
+    freeze_embeddings: bool = True,
     epochs: int = 1,
     max_steps: int = -1,
     accumulate_grad_batches: int = 1,
@@ -321,6 +322,7 @@ def fit_plain(
         warmup_ratio: share of the optimizer steps spent in linear warm-up (``WarmupDecayLR``).
         decay: learning-rate decay after the warm-up.
         dropout: every dropout probability of the model; ``None`` keeps the pretrained values.
+        freeze_embeddings: keep the input token embeddings as pretrained (``TextClassifier``'s option).
         epochs: passes over the training data.
         max_steps: stop after this many optimizer steps (-1: run all ``epochs``).
         accumulate_grad_batches: micro-batches per optimizer step.
@@ -357,7 +359,8 @@ def fit_plain(
     dm.prepare_data()
     dm.setup("fit")
     baseline = current_mb(dev)  # data loaded, no network yet: the idle baseline memory is counted from
-    classifier = TextClassifier(model_name_or_path, labels=dm.label_names, dropout=dropout)
+    classifier = TextClassifier(model_name_or_path, labels=dm.label_names, dropout=dropout,
+                                freeze_embeddings=freeze_embeddings)  # fmt: skip
     net = classifier.net.to(dev, dtype=plan.param_dtype)  # *-true: the weights themselves in 16 bits
     maybe_compile(net, compile)
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)

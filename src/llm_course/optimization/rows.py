@@ -89,6 +89,7 @@ def task_settings(task_config: str) -> dict[str, Any]:
     return {
         "model_name_or_path": model.get("model_name_or_path", "minilm"),
         "dropout": model.get("dropout"),
+        "freeze_embeddings": bool(model.get("freeze_embeddings", False)),
         "lr": float(o.get("lr", 1e-3)),
         "weight_decay": float(o.get("weight_decay", 0.01)),
         "warmup_ratio": float(s.get("warmup_ratio", 0.0)) if sched else 0.0,
@@ -123,7 +124,7 @@ def lightning_command(row: Row, c: dict[str, Any], record: Path) -> list[str]:
 def plain_command(row: Row, c: dict[str, Any], record: Path) -> list[str]:
     keys = ("train_file", "model_name_or_path", "label_names", "max_length", "truncation", "head_fraction",
             "val_fraction", "batch_size", "eval_batch_size", "group_by_length", "lr", "weight_decay", "warmup_ratio",
-            "decay", "dropout", "gradient_clip_val", "seed")  # fmt: skip
+            "decay", "dropout", "freeze_embeddings", "gradient_clip_val", "seed")  # fmt: skip
     spec = {**{k: c[k] for k in keys}, "max_train_samples": c["samples"], "max_steps": c["steps"],
             "precision": row.precision, "compile": row.compile, "device": "cuda" if c["cuda"] else "cpu",
             "validate": c["validate"]}  # fmt: skip

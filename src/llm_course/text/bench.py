@@ -109,6 +109,7 @@ def bench_imdb(
             "truncation": hp.truncation,
             "head_fraction": hp.head_fraction,
             "precision": str(trainer.precision),
+            "freeze_embeddings": bool(run.cli.model.hparams.get("freeze_embeddings", False)),
             "epochs": trainer.max_epochs,
             "batch_size": hp.batch_size,
             "group_by_length": hp.group_by_length,

@@ -44,6 +44,9 @@ class TextClassifier(TaskModule):
             ``attention_probs_dropout_prob``, DistilBERT's ``dropout``, ...) to this value; ``None`` keeps the
             pretrained values. On a CPU, attention dropout rules out PyTorch's fused attention kernel:
             ``0.0`` trains MiniLM 1.5x faster (notes/03).
+        freeze_embeddings: keep the input token embeddings as pretrained (``get_input_embeddings()``: MiniLM's
+            30,522 x 384 table, half its weights). Each step then skips their dense gradient and their AdamW
+            update; position embeddings, encoder and head still train (notes/04 measures speed and F1).
         compile: apply ``torch.compile`` to the network.
         trust_remote_code: allow models whose code lives on the hub (off unless you trust the repo). Taken from
             the caller only: not saved with the hyperparameters, and ``load_from_checkpoint`` ignores a value a
@@ -59,6 +62,7 @@ class TextClassifier(TaskModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
         dropout: float | None = None,
+        freeze_embeddings: bool = False,
         compile: bool = False,
         trust_remote_code: bool = False,
     ) -> None:
@@ -90,6 +94,8 @@ class TextClassifier(TaskModule):
             config.update(dict.fromkeys(dropout_keys(config), hp.dropout))
         self.net = from_pretrained(AutoModelForSequenceClassification, hp.model_name_or_path, flag, config=config,
                                    trust_remote_code=self.trust_remote_code)  # fmt: skip
+        if hp.freeze_embeddings:  # before configure_optimizers, which takes only parameters that require grad
+            self.net.get_input_embeddings().requires_grad_(False)
         self.net.train()  # from_pretrained returns eval mode, and Lightning keeps each submodule's mode
         task = {"num_classes": n}
         metrics = MetricCollection({
