@@ -62,6 +62,8 @@ def test_accelerate_launch_on_two_cpu_processes_matches_the_lightning_run(tmp_pa
             f"--data.init_args.train_file={train}", "--data.init_args.batch_size=16",
             *[f"--data.init_args.{k}={v}" for k, v in settings.items()],
             "--model.init_args.optimizer.init_args.lr=0.003", "--trainer.max_epochs=4", "--trainer.accelerator=cpu",
+            "--trainer.precision=32-true",  # the Accelerate loop's default; `auto` would pick bf16 on an AMX CPU
+            "--model.init_args.freeze_embeddings=false",  # a random tiny BERT learns through its token table
             "--trainer.val_check_interval=1.0", "--trainer.check_val_every_n_epoch=4",
             "--trainer.enable_checkpointing=false", "--trainer.logger=false",
             f"--trainer.default_root_dir={lightning}", f"--trainer.callbacks={json.dumps(callback)}")  # fmt: skip
@@ -72,7 +74,7 @@ def test_accelerate_launch_on_two_cpu_processes_matches_the_lightning_run(tmp_pa
                "-m", "llm_course.distributed.accelerate_loop", f"--train_file={train}",
                f"--model_name_or_path={tiny_bert}", "--batch_size=4", "--gradient_accumulation_steps=2",
                *[f"--{k}={v}" for k, v in settings.items()],
-               "--lr=0.003", "--epochs=4", f"--output_dir={out}"]  # fmt: skip
+               "--lr=0.003", "--epochs=4", "--freeze_embeddings=false", f"--output_dir={out}"]  # fmt: skip
     run_process(command, dict(os.environ), tmp_path / "accelerate.log", TIMEOUT)
     log = (tmp_path / "accelerate.log").read_text()
     assert "2 process(es) on cpu" in log and "MULTI_CPU" in log, log[-2000:]

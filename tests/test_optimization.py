@@ -163,6 +163,7 @@ def test_a_nan_stop_is_recorded_by_both_loops(tmp_path, monkeypatch, tiny_bert):
                 "--model.init_args.optimizer.init_args.lr=1e30", f"--data.init_args.train_file={train}",
                 "--data.init_args.val_fraction=0.2", "--data.init_args.max_train_samples=16",
                 "--data.init_args.batch_size=4", "--data.init_args.max_length=32", "--trainer.max_steps=4",
+                "--trainer.precision=32-true",  # the plain row's default
                 "--trainer.enable_checkpointing=false", "--trainer.logger=false", "--trainer.num_sanity_val_steps=0",
                 f"--trainer.default_root_dir={tmp_path}", f"--trainer.callbacks={json.dumps([callback])}")  # fmt: skip
     lightning = json.loads(record.read_text())
