@@ -204,7 +204,8 @@ def test_imdb_config_freezes_the_token_embeddings_and_trains_the_rest(tmp_path, 
     train = write_jsonl(tmp_path / "train.jsonl", rows)
     CourseCLI(["fit", "--config", str(CONFIGS / "imdb.yaml"), f"--model.init_args.model_name_or_path={tiny_bert}",
                f"--data.init_args.train_file={train}", f"--trainer.default_root_dir={tmp_path}", *QUIET,
-               "--trainer.max_steps=3", "--trainer.val_check_interval=1.0", "--data.init_args.batch_size=4"])  # fmt: skip
+               "--trainer.max_steps=3", "--trainer.val_check_interval=1.0",
+               "--data.init_args.batch_size=4"])  # fmt: skip
     pretrained = AutoModelForSequenceClassification.from_pretrained(tiny_bert).state_dict()
     trained = load_state(run_dir(tmp_path) / "checkpoints" / "last.ckpt")
     table = "bert.embeddings.word_embeddings.weight"
