@@ -228,3 +228,20 @@ def test_ask_keeps_the_settings_the_index_was_built_with(notes, tmp_path, capsys
     run_cli("rag", "search", "--query", "aphids on tomatoes", "--source", notes, "--index_dir", index_dir)
     assert "#pests (lines" in capsys.readouterr().out.splitlines()[1]
     assert RagIndex.load(index_dir).settings["max_tokens"] == 60  # not rebuilt with the default 200
+
+
+def test_open_index_keeps_an_index_settings_and_needs_one_without_a_source(notes, tmp_path):
+    """``rag ask/search`` and ``serve --notes`` share it: an existing index is refreshed with its own settings."""
+    from llm_course.errors import MissingFileError
+    from llm_course.rag.commands import open_index
+
+    index_dir = tmp_path / "idx"
+    with pytest.raises(MissingFileError, match="no index there"):
+        open_index(None, str(index_dir))
+    run_cli("rag", "index", "--source", notes, "--index_dir", index_dir, "--max_tokens", "60", "--overlap_tokens", "8")
+    built, embedder = open_index(notes, str(index_dir))
+    assert (built.settings["max_tokens"], built.settings["overlap_tokens"]) == (60, 8)
+    assert RagIndex.load(index_dir).settings["max_tokens"] == 60  # refreshed in place, not rebuilt with defaults
+    loaded, _ = open_index(None, str(index_dir))
+    assert [c.text for c in loaded.chunks] == [c.text for c in built.chunks]
+    assert embedder.encode(["aphids"]).shape[1] == built.settings["dimension"]

@@ -131,13 +131,11 @@ def serve(
     notes_qa = None
     if notes is not None:
         from llm_course.rag.answer import NotesQA
-        from llm_course.rag.commands import refresh_index
-        from llm_course.rag.index import load_embedder
+        from llm_course.rag.commands import open_index
         from llm_course.rag.retrieve import Retriever
 
-        embedder = load_embedder("minilm")
-        notes_qa = NotesQA(Retriever(refresh_index(notes, notes_index, embedder)[0], embedder),
-                           next(iter(engines.values())))  # fmt: skip
+        built, embedder = open_index(notes, notes_index)  # an existing index keeps its embedder and chunk settings
+        notes_qa = NotesQA(Retriever(built, embedder), next(iter(engines.values())))
     app = build_server(engines, Scheduler(queue_size), defaults, ui, notes_qa)
     print(f"serving {', '.join(engines)} at http://{host}:{port}/ (API: http://{host}:{port}/v1)", file=sys.stderr)
     uvicorn.run(app, host=host, port=port, log_level="warning")

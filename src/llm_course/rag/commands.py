@@ -14,10 +14,12 @@ INDEX_DIR = "outputs/rag_index"
 
 
 def refresh_index(source: str, index_dir: str, embedder: Any, max_tokens: int = 200, overlap_tokens: int = 32,
-                  batch_size: int = 32, embedder_name: str = "minilm") -> tuple[RagIndex, dict[str, int]]:  # fmt: skip
-    """Load the index in ``index_dir`` and bring it up to date with ``source``: changed files re-embedded, deleted
-    ones dropped, unchanged ones reused; saved when anything changed."""
-    previous = RagIndex.load(index_dir) if (Path(index_dir) / MANIFEST).is_file() else None
+                  batch_size: int = 32, embedder_name: str = "minilm",
+                  previous: RagIndex | None = None) -> tuple[RagIndex, dict[str, int]]:  # fmt: skip
+    """Bring the index in ``index_dir`` (``previous``, if already loaded) up to date with ``source``: changed files
+    re-embedded, deleted ones dropped, unchanged ones reused; saved when anything changed."""
+    if previous is None and (Path(index_dir) / MANIFEST).is_file():
+        previous = RagIndex.load(index_dir)
     index, stats = RagIndex.build(source, embedder, embedder_name, max_tokens, overlap_tokens, batch_size, previous)
     if previous is None or stats["files_embedded"] or stats["files_removed"]:
         index.save(index_dir)
@@ -45,18 +47,24 @@ def index(source: str = "notes", index_dir: str = INDEX_DIR, embedder: str = "mi
           f"{stats['files_reused']} unchanged, {stats['files_removed']} removed)")  # fmt: skip
 
 
+def open_index(source: str | None, index_dir: str, device: str = "cpu") -> tuple[RagIndex, Any]:
+    """The index in ``index_dir`` and the embedder it was built with (queries must be embedded by the same model),
+    brought up to date with ``source`` when given, under the index's own chunk settings (a new index: the
+    defaults). Without ``source`` the index must exist."""
+    has_index = (Path(index_dir) / MANIFEST).is_file()
+    previous = RagIndex.load(index_dir) if source is None or has_index else None  # no index, no source: its error
+    settings = {k: previous.settings[k] for k in ("max_tokens", "overlap_tokens")} if previous is not None else {}
+    name = previous.settings["embedder"] if previous is not None else "minilm"
+    embedder = load_embedder(name, device)
+    if source is None:
+        return previous, embedder
+    return refresh_index(source, index_dir, embedder, embedder_name=name, previous=previous, **settings)[0], embedder
+
+
 def _qa(source: str | None, index_dir: str, mode: Mode, top_k: int, min_score: float, backend: str,
         reranker: str | None, model: str | None, adapter: str | None, weights: str,
         device: str) -> NotesQA:  # fmt: skip
-    # the query must be embedded by the model the index was built with, and kept with its chunk settings
-    manifest = Path(index_dir) / MANIFEST
-    settings = jsonlib.loads(manifest.read_text())["settings"] if manifest.is_file() else {"embedder": "minilm"}
-    embedder = load_embedder(settings["embedder"], "cpu" if device == "auto" else device)
-    if source is not None:
-        built, _ = refresh_index(source, index_dir, embedder, settings.get("max_tokens", 200),
-                                 settings.get("overlap_tokens", 32), embedder_name=settings["embedder"])  # fmt: skip
-    else:
-        built = RagIndex.load(index_dir)
+    built, embedder = open_index(source, index_dir, "cpu" if device == "auto" else device)
     cross = None
     if reranker:
         from sentence_transformers import CrossEncoder
