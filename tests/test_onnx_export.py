@@ -11,6 +11,7 @@ import torch
 from conftest import NEGATIVE, POSITIVE, review_rows, write_jsonl
 from llm_course.cli import main
 from llm_course.errors import ConfigError, MissingDependencyError, MissingFileError, UserError
+from llm_course.export import onnx_check as check
 from llm_course.export.onnx import classifier_folder, onnx
 from llm_course.export.onnx_check import ExportMismatchError, fidelity, raise_on_mismatch, read_check_file
 from llm_course.export.onnx_classifier import OnnxClassifier, predict
@@ -19,6 +20,9 @@ from llm_course.truncation import encode_texts as encode
 WORDS = sorted({w for text in POSITIVE + NEGATIVE for w in text.replace(",", " ").split()} | {"a", "number"})
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ","] + WORDS + [*"0123456789"] + [f"##{d}" for d in range(10)]
 LONG = " ".join(["a wonderful film"] * 10 + ["terrible acting and a dull plot"])  # 36 words: truncated at 24 tokens
+# /proc/cpuinfo of the AVX2-only AMD EPYC (Zen 2) where 8-bit int8 weights gave max |Δlogit| 0.709 (issue 24)
+AVX2_CPUINFO = "processor\t: 0\nmodel name\t: AMD EPYC 7R32\nflags\t\t: fpu sse4_2 avx f16c fma bmi2 avx2 sha_ni\n\n"
+NO_VNNI = {"reduce_range": True, "reason": "CPU has no AVX512-VNNI/AVX-VNNI/AMX: 7-bit weights avoid u8s8 saturation"}
 
 
 def tiny_classifier(folder) -> str:
@@ -79,6 +83,7 @@ def test_export_matches_pytorch_and_int8_is_smaller(exported, model_dir):
     assert torch_row["accuracy"] >= 16 / 17  # the trained tiny model separates the reviews, so labels line up
     assert fp32["max_abs_logit_diff"] <= 1e-4 and fp32["agreement"] == 1.0 and fp32["accuracy"] == torch_row["accuracy"]
     assert 0 < int8["max_abs_logit_diff"] < 0.5 and abs(int8["accuracy"] - torch_row["accuracy"]) <= 2 / 17
+    assert saved["int8"] == results["int8"] == check.int8_weight_range("auto")  # what this CPU needs, and why
     assert int8["size_mb"] < fp32["size_mb"]
     assert results["latency"]["batch_shape"][0] == 8 and results["latency"]["threads"][-1] == 1
     for row in results["variants"].values():
@@ -218,3 +223,77 @@ def test_dynamo_exporter_matches_pytorch(model_dir, tmp_path):
     results = onnx(model_dir, str(tmp_path / "dynamo"), exporter="dynamo", quantize=False, repeats=1, max_length=32)
     assert results["variants"]["onnx_fp32"]["max_abs_logit_diff"] <= 1e-4
     assert results["variants"]["onnx_fp32"]["agreement"] == 1.0
+
+
+def test_int8_weight_range_follows_the_cpu(tmp_path):
+    def choice(cpuinfo: str | None, arch: str = "x86_64") -> dict:
+        file = tmp_path / "cpuinfo"
+        file.unlink(missing_ok=True)
+        if cpuinfo is not None:
+            file.write_text(cpuinfo)
+        return check.int8_weight_range("auto", arch=arch, cpuinfo=file)
+
+    assert choice(AVX2_CPUINFO) == choice(AVX2_CPUINFO.replace("avx2", "avx512f avx512bw avx512vl")) == NO_VNNI
+    assert choice(AVX2_CPUINFO.replace("avx2", "avx2 avx512_vnni")) == {
+        "reduce_range": False, "reason": "CPU has avx512_vnni: 8-bit weights, int8 products add in int32"}  # fmt: skip
+    assert not choice(AVX2_CPUINFO.replace("avx2", "avx2 avx_vnni"))["reduce_range"]  # Alder Lake and later
+    assert not choice(AVX2_CPUINFO.replace("avx2", "amx_bf16 amx_int8"))["reduce_range"]
+    for unreadable in (None, "processor\t: 0\nmodel name\t: a container that hides its flags\n"):
+        assert choice(unreadable) == {"reduce_range": True,
+                                      "reason": f"no CPU flags readable from {tmp_path / 'cpuinfo'}: 7-bit "
+                                                "weights, safe on every x86 CPU"}  # fmt: skip
+    assert choice(None, arch="AMD64")["reduce_range"]  # Windows: no /proc/cpuinfo, the safe choice
+    arm = {"reduce_range": False, "reason": "aarch64 CPU: 8-bit weights, as onnxruntime advises for ARM"}
+    assert choice(None, arch="aarch64") == arm and not choice(None, arch="arm64")["reduce_range"]  # Linux, macOS
+    unknown = "unknown CPU architecture 'riscv64': 7-bit weights, the safe choice"
+    assert choice(None, "riscv64") == {"reduce_range": True, "reason": unknown}
+    explicit = check.int8_weight_range(False, arch="x86_64", cpuinfo=tmp_path / "cpuinfo")
+    assert explicit == {"reduce_range": False, "reason": "set by --reduce_range false"}  # the given value wins
+    with pytest.raises(ConfigError, match="--reduce_range 'maybe' is not one of: auto, true, false"):
+        check.int8_weight_range("maybe")
+
+
+def avx2_logits(int8_file: Path, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """What ``int8_file`` computes on an x86 CPU without VNNI: onnxruntime's AVX2 u8×s8 kernel (``vpmaddubsw``)
+    adds each pair of products into an int16 that saturates. Runs in onnx's reference evaluator, MatMulInteger
+    replaced by that arithmetic."""
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+    from onnx.reference.op_run import OpRun
+
+    class MatMulInteger(OpRun):
+        def _run(self, a, b, a_zero_point=None, b_zero_point=None):
+            assert a.dtype == np.uint8 and b.dtype == np.int8 and not np.any(b_zero_point) and a.shape[-1] % 2 == 0
+            a, b = a.astype(np.int32), b.astype(np.int32)
+            pairs = np.clip(a[..., 0::2, None] * b[0::2] + a[..., 1::2, None] * b[1::2], -(2**15), 2**15 - 1)
+            return ((pairs.sum(-2) - int(a_zero_point) * b.sum(0)).astype(np.int32),)
+
+    model = onnx.load(int8_file)
+    for opset in model.opset_import:  # the evaluator has DequantizeLinear from opset 19 on; 19 only added types
+        if opset.domain in ("", "ai.onnx"):
+            opset.version = max(opset.version, 19)
+    return ReferenceEvaluator(model, new_ops=[MatMulInteger]).run(["logits"], inputs)[0]
+
+
+def test_cpu_without_vnni_gets_7bit_weights_that_do_not_saturate(exported, model_dir, tmp_path, monkeypatch, capsys):
+    """Auto on an AVX2-only x86 CPU (faked): 7-bit weights, recorded in export.json; run as that CPU's kernel runs
+    them, they give what onnxruntime gives here, while 8-bit weights saturate past the 0.5 bound."""
+    results, _ = exported
+    (cpuinfo := tmp_path / "cpuinfo").write_text(AVX2_CPUINFO)
+    monkeypatch.setattr(check, "CPUINFO", cpuinfo)
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")
+    out = tmp_path / "avx2"
+    main(["export", "onnx", "--model_dir", model_dir, "--output_dir", str(out), "--check_file",
+          results["check"]["source"], "--max_length", "24", "--batch_size", "8", "--repeats", "1"])  # fmt: skip
+    assert "int8: reduce_range true (CPU has no AVX512-VNNI/AVX-VNNI/AMX" in capsys.readouterr().out
+    report = json.loads((out / "export.json").read_text())
+    assert report["int8"] == NO_VNNI
+    int8, torch_row = report["variants"]["onnx_int8"], report["variants"]["pytorch"]
+    assert 0 < int8["max_abs_logit_diff"] < 0.5 and abs(int8["accuracy"] - torch_row["accuracy"]) <= 2 / 17
+
+    fp32 = OnnxClassifier(out)
+    inputs = fp32.inputs([r["text"] for r in review_rows(16)] + [LONG])
+    reference, here = fp32.run(inputs), OnnxClassifier(out, "model.int8.onnx").run(inputs)
+    assert np.abs(avx2_logits(out / "model.int8.onnx", inputs) - here).max() <= 1e-4  # 2 × 255 × 64 < 2**15
+    eight_bit = check.quantize_int8(out / "model.onnx", tmp_path / "eight_bit.onnx", reduce_range=False)
+    assert np.abs(avx2_logits(eight_bit, inputs) - reference).max() > 0.5  # issue 24's 0.709 on an AVX2 EPYC

@@ -81,10 +81,10 @@ def test_alpaca_fields_stay_apart_and_bos_is_added_once():
     record = {"instruction": "Read this.\n\nThen answer.", "input": "", "output": "ok"}
     prompt, _ = split(tokenizer, tokenize_record(tokenizer, record, max_length=512))
     assert prompt == ALPACA_PROMPT.format(instruction="Read this.\n\nThen answer.")  # a blank line is not an input
-    with pytest.raises(ValueError, match=r"turns \['system', 'user', 'assistant'\] needs a tokenizer with a chat"):
-        tokenize_record(tokenizer, {"messages": [{"role": "system", "content": "Be brief."},
-                                                 {"role": "user", "content": "Hi"},
-                                                 {"role": "assistant", "content": "Hello"}]}, 512)  # fmt: skip
+    chat = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                         {"role": "assistant", "content": "Hello"}]}
+    prompt, _ = split(tokenizer, tokenize_record(tokenizer, chat, 512))
+    assert prompt == "Be brief.\n\n" + ALPACA_PROMPT.format(instruction="Hi")  # no chat template: the plain prompt
 
     tokenizer.add_bos_token = True  # Llama-style: BOS first, unless the template wrote it already
     example = tokenize_record(tokenizer, record, max_length=512)

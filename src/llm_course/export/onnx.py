@@ -129,6 +129,7 @@ def onnx(
     exporter: Literal["torchscript", "dynamo"] = "torchscript",
     opset: int = 18,
     quantize: bool = True,
+    reduce_range: Literal["auto"] | bool = "auto",
     atol: float = 1e-4,
     batch_size: int = 32,
     repeats: int = 20,
@@ -152,6 +153,8 @@ def onnx(
             onnxscript).
         opset: the ONNX operator set version.
         quantize: also write ``model.int8.onnx`` (onnxruntime dynamic quantization) and measure it.
+        reduce_range: 7-bit int8 weights. ``auto``: true on x86 CPUs without VNNI (AVX2-only ones), whose int8
+            kernels saturate with 8-bit weights; false with VNNI/AMX and on ARM. ``export.json`` says which and why.
         atol: the largest |logit difference| allowed between ONNX (fp32) and PyTorch.
         batch_size: texts per batch in the check; the latency is timed on the first batch.
         repeats: timed runs per model form and thread count (the median is reported).
@@ -159,7 +162,8 @@ def onnx(
     Raises:
         MissingDependencyError: onnx or onnxruntime (or onnxscript for ``dynamo``) is not installed.
         MissingFileError: ``model_dir`` or ``check_file`` does not exist, or ``model_dir`` has no config.json.
-        ConfigError: ``model_dir`` is not a sequence classifier, or ``max_length`` exceeds its positions.
+        ConfigError: ``model_dir`` is not a sequence classifier, ``max_length`` exceeds its positions, or
+            ``reduce_range`` is not auto, true or false.
         ExportMismatchError: the ONNX logits differ from PyTorch's by more than ``atol``, or a prediction differs.
     """
     require("onnx", "onnxruntime")
@@ -199,8 +203,9 @@ def onnx(
 
     score("onnx_fp32", onnx_file)
     check.raise_on_mismatch(variants["onnx_fp32"], atol, onnx_file)
-    if quantize:
-        score("onnx_int8", check.quantize_int8(onnx_file, out / "model.int8.onnx"))
+    int8 = check.int8_weight_range(reduce_range) if quantize else None
+    if int8:
+        score("onnx_int8", check.quantize_int8(onnx_file, out / "model.int8.onnx", int8["reduce_range"]))
     timed = batches[0]  # the same batch for every model form, timed in turn
     for n in threads:
         with torch_threads(n):
@@ -216,9 +221,12 @@ def onnx(
         "check": {"source": check_file or "built-in sentences", "texts": len(texts), "labelled": labels is not None,
                   "atol": atol, "passed": True},
         "latency": {"batch_shape": list(timed["input_ids"].shape), "repeats": repeats, "threads": threads},
-        "variants": variants, "speedup_vs_pytorch": speedup, "onnx_versions": check.onnx_versions(),
+        **({"int8": int8} if int8 else {}), "variants": variants, "speedup_vs_pytorch": speedup,
+        "onnx_versions": check.onnx_versions(),
     }  # fmt: skip
     write_report(out, "export", results)
     print(f"{folder} -> {out}/ ({len(texts)} check texts; latency of a batch of {list(timed['input_ids'].shape)})")
     print(check.summary_table(variants, threads))
+    if int8:
+        print(f"int8: reduce_range {str(int8['reduce_range']).lower()} ({int8['reason']})")
     return results

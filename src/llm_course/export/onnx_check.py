@@ -6,6 +6,7 @@ Plain functions over texts, arrays and callables; nothing here loads a model, so
 import gzip
 import json
 import logging
+import platform
 import random
 import statistics
 import time
@@ -123,8 +124,66 @@ def median_latency(runs: dict[str, Callable[[], Any]], repeats: int, warmup: int
     return {name: round(1000 * statistics.median(t), 3) for name, t in times.items()}
 
 
-def quantize_int8(source: Path, target: Path) -> Path:
-    """onnxruntime's dynamic quantization: int8 weights, activations quantized on the fly per batch."""
+# /proc/cpuinfo flags of x86 CPUs whose int8 dot products add in 32 bits (onnxruntime's MLAS uses them).
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def cpu_flags(cpuinfo: Path) -> set[str] | None:
+    """The ``flags`` of the first CPU in a ``/proc/cpuinfo`` file; None when unreadable or it has none."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return set(value.split())
+    return None
+
+
+def int8_weight_range(
+    reduce_range: bool | str = "auto", arch: str | None = None, cpuinfo: Path | None = None
+) -> dict[str, Any]:
+    """Whether to quantize weights to 7 bits (``reduce_range``) for the CPU this runs on, and why.
+
+    Without VNNI, onnxruntime's x86 u8×s8 kernels (AVX2, AVX-512 before VNNI) add pairs of products in a
+    saturating int16 (``vpmaddubsw``): 2 × 255 × 127 overflows it, 2 × 255 × 64 does not. VNNI and AMX add in int32,
+    and onnxruntime's ARM kernels need no reduction either (its ``quantize_static`` guidance: ``reduce_range=False``
+    on ARM); where the CPU is not known, 7 bits are the safe choice.
+
+    Args:
+        reduce_range: ``auto`` decides from the CPU; a bool is used as given.
+        arch: ``platform.machine()`` when None.
+        cpuinfo: ``/proc/cpuinfo`` when None.
+
+    Returns:
+        ``{"reduce_range": bool, "reason": str}``, as ``export.json`` records it under ``int8``.
+    """
+    if isinstance(reduce_range, bool):
+        return {"reduce_range": reduce_range, "reason": f"set by --reduce_range {str(reduce_range).lower()}"}
+    if reduce_range != "auto":
+        raise ConfigError(f"--reduce_range {reduce_range!r} is not one of: auto, true, false")
+    arch = (arch or platform.machine()).lower()
+    if arch in ("aarch64", "arm64"):
+        return {"reduce_range": False, "reason": f"{arch} CPU: 8-bit weights, as onnxruntime advises for ARM"}
+    if arch not in ("x86_64", "amd64", "x86", "i386", "i686"):
+        return {"reduce_range": True, "reason": f"unknown CPU architecture {arch!r}: 7-bit weights, the safe choice"}
+    cpuinfo = cpuinfo or CPUINFO
+    flags = cpu_flags(cpuinfo)
+    if flags is None:
+        reason = f"no CPU flags readable from {cpuinfo}: 7-bit weights, safe on every x86 CPU"
+        return {"reduce_range": True, "reason": reason}
+    found = [flag for flag in VNNI_FLAGS if flag in flags]
+    if found:
+        return {"reduce_range": False, "reason": f"CPU has {found[0]}: 8-bit weights, int8 products add in int32"}
+    return {"reduce_range": True,
+            "reason": "CPU has no AVX512-VNNI/AVX-VNNI/AMX: 7-bit weights avoid u8s8 saturation"}  # fmt: skip
+
+
+def quantize_int8(source: Path, target: Path, reduce_range: bool = False) -> Path:
+    """onnxruntime's dynamic quantization: int8 weights (7-bit with ``reduce_range``), activations quantized on the
+    fly per batch."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # Silences its advice to pre-process first: that step's symbolic shape inference fails on these graphs.
@@ -132,7 +191,7 @@ def quantize_int8(source: Path, target: Path) -> Path:
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        quantize_dynamic(source, target, weight_type=QuantType.QInt8)
+        quantize_dynamic(source, target, weight_type=QuantType.QInt8, reduce_range=reduce_range)
     finally:
         root.setLevel(level)
     return target

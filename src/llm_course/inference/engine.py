@@ -14,7 +14,8 @@ from typing import Any, Literal
 
 import torch
 
-from llm_course.inference.sampling import SamplingParams, StopScanner
+from llm_course.errors import ConfigError
+from llm_course.inference.sampling import InvalidRequest, SamplingParams, StopScanner
 from llm_course.memory import current_mb, peak_mb, reset_peak
 
 Weights = Literal["fp32", "bf16", "int8", "nf4"]
@@ -199,10 +200,19 @@ class GenerationEngine:
         return load_model(cls, model, adapter, weights, device, trust_remote_code)
 
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        """Token ids of the conversation rendered with the chat template, ending where the reply starts."""
+        """Token ids of the conversation rendered with the chat template (or, without one, the plain Alpaca-style
+        prompt of :func:`~llm_course.sft.prompts.plain_prompt`), ending where the reply starts.
+
+        Raises:
+            InvalidRequest: the plain prompt cannot render ``messages`` (``param="messages"``: a 400 in the API).
+        """
         from llm_course.sft.prompts import encode, prompt_text
 
-        return encode(self.tokenizer, prompt_text(self.tokenizer, messages))
+        try:
+            text = prompt_text(self.tokenizer, messages)
+        except ConfigError as err:
+            raise InvalidRequest(str(err), param="messages") from err
+        return encode(self.tokenizer, text)
 
     def stream(self, messages: list[dict[str, str]], params: SamplingParams,
                on_done: Callable[[Generation], None] | None = None) -> Generation:  # fmt: skip

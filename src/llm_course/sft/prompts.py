@@ -2,9 +2,10 @@
 
 Two record shapes are accepted: Alpaca (``instruction``, optional ``input``, ``output``) and chat
 (``messages``: a list of ``{"role", "content"}``). Both become chat messages; a tokenizer with a chat
-template renders them with it, any other tokenizer gets the Alpaca prompt below. Labels are ``-100``
-on every token the model should not learn to produce (system and user turns, the template's markup
-before each reply), so ``CrossEntropyLoss`` ignores them.
+template renders them with it, any other tokenizer (GPT-2) gets the plain Alpaca-style prompt of
+:func:`plain_prompt`, the same for training and for generation. Labels are ``-100`` on every token the
+model should not learn to produce (system and user turns, the template's markup before each reply), so
+``CrossEntropyLoss`` ignores them.
 """
 
 from typing import Any
@@ -13,10 +14,10 @@ from llm_course.errors import ConfigError
 
 IGNORE_INDEX = -100  # the ignore_index of torch's cross entropy and of Hugging Face's causal-LM loss
 
-ALPACA_PROMPT = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Response:\n"
+ALPACA_PREAMBLE = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
 )
+ALPACA_PROMPT = ALPACA_PREAMBLE + "\n\n### Instruction:\n{instruction}\n\n### Response:\n"
 ALPACA_PROMPT_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
     "Write a response that appropriately completes the request.\n\n"
@@ -63,11 +64,63 @@ def has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
+PLAIN_HEADERS = {"user": "### Instruction:\n", "assistant": "### Response:\n"}  # the turns of the plain prompt
+
+
+def plain_prompt(messages: list[dict[str, str]]) -> str:
+    """The conversation as one Alpaca-style prompt, ending where the reply starts (for models without a template).
+
+    Leading system messages come first, each followed by a blank line, then Alpaca's preamble; every later turn is an
+    ``### Instruction:`` (user) or ``### Response:`` (assistant) block, in order, and the text ends with an open
+    ``### Response:``. So a lone user turn renders exactly as :data:`ALPACA_PROMPT`, the format Module 6 trains
+    GPT-2 on, and a system message only prepends text to it. The system text goes *before* the preamble rather than
+    replacing it: a model tuned on Alpaca keys on the preamble and the headers right before the instruction, and
+    the preamble describes the format, which a system message (RAG's rules, a persona) usually does not.
+
+    Raises:
+        ConfigError: no user turn to answer (no messages, or the last one is not ``user``), a system message after
+            the first turn, or a role other than system, user and assistant (such as ``tool``): the plain format
+            has no markup for them, and a made-up one would be text the model never saw in training.
+    """
+    first_turn = next((i for i, m in enumerate(messages) if m["role"] != "system"), len(messages))
+    for i, message in enumerate(messages[first_turn:], start=first_turn):
+        if message["role"] not in PLAIN_HEADERS:
+            where = " after the first turn" if message["role"] == "system" else ""
+            raise ConfigError(
+                f"messages[{i}] has role {message['role']!r}{where}: a tokenizer without a chat template gets a plain "
+                "Alpaca-style prompt, which takes system messages first, then user and assistant turns; use a model "
+                "with a chat template for other roles or layouts"
+            )
+    if first_turn == len(messages) or messages[-1]["role"] != "user":
+        last = repr(messages[-1]["role"]) if messages else "none (no messages)"
+        raise ConfigError(f"the last message's role is {last}: a prompt must end with a user turn to answer")
+    system = "".join(m["content"] + "\n\n" for m in messages[:first_turn])
+    turns = "".join(PLAIN_HEADERS[m["role"]] + m["content"] + "\n\n" for m in messages[first_turn:])
+    return system + ALPACA_PREAMBLE + "\n\n" + turns + PLAIN_HEADERS["assistant"]
+
+
+def plain_segments(tokenizer: Any, messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
+    """Prompt and response of a chat record in the plain format: the prompt is :func:`plain_prompt` of every message
+    but the last (earlier replies included, so they are masked), the response is the last reply and EOS.
+
+    Raises:
+        ConfigError: the last message is not an ``assistant`` reply to learn, or :func:`plain_prompt` refuses the rest.
+    """
+    if not messages or messages[-1]["role"] != "assistant":
+        last = repr(messages[-1]["role"]) if messages else "none (no messages)"
+        raise ConfigError(f"a chat record's last message has role {last}: training needs an 'assistant' reply last")
+    return [(plain_prompt(messages[:-1]), False), (messages[-1]["content"] + (tokenizer.eos_token or ""), True)]
+
+
 def prompt_text(tokenizer: Any, messages: list[dict[str, str]]) -> str:
-    """The text a model continues to answer the last user turn (for generation)."""
+    """The text a model continues to answer the last user turn (for generation).
+
+    Raises:
+        ConfigError: the tokenizer has no chat template and :func:`plain_prompt` cannot render ``messages``.
+    """
     if has_chat_template(tokenizer):
         return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return ALPACA_PROMPT.format(instruction=messages[-1]["content"])
+    return plain_prompt(messages)
 
 
 def _lacks_bos(tokenizer: Any, ids: list[int]) -> bool:
@@ -86,18 +139,15 @@ def encode(tokenizer: Any, text: str) -> list[int]:
 
 
 def alpaca_segments(tokenizer: Any, record: dict[str, Any]) -> list[tuple[str, bool]]:
-    """Prompt and response of an Alpaca record in the Alpaca format (for tokenizers without a chat template)."""
-    if record.get("messages"):
-        roles = [m["role"] for m in record["messages"]]
-        if roles != ["user", "assistant"]:
-            raise ConfigError(
-                f"a chat record with turns {roles} needs a tokenizer with a chat template; without one only "
-                "[user, assistant] pairs (or Alpaca records) can be formatted"
-            )
-        record = {"instruction": record["messages"][0]["content"], "output": record["messages"][1]["content"]}
-    template = ALPACA_PROMPT_WITH_INPUT if record.get("input") else ALPACA_PROMPT
-    prompt = template.format(instruction=record["instruction"], input=record.get("input", ""))
-    return [(prompt, False), (record["output"] + (tokenizer.eos_token or ""), True)]
+    """Prompt and response of a record in the plain format (for tokenizers without a chat template).
+
+    An Alpaca record with an ``input`` keeps Alpaca's own input prompt (generation never builds one: chat messages
+    have no input field); every other record goes through :func:`plain_segments`, as generation does.
+    """
+    if record.get("input") and not record.get("messages"):  # to_messages() gives messages precedence too
+        prompt = ALPACA_PROMPT_WITH_INPUT.format(instruction=record["instruction"], input=record["input"])
+        return [(prompt, False), (record["output"] + (tokenizer.eos_token or ""), True)]
+    return plain_segments(tokenizer, to_messages(record))
 
 
 def segments(tokenizer: Any, messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
