@@ -27,3 +27,16 @@ class NonFiniteError(UserError, RuntimeError):
 
 class MissingDependencyError(UserError, ImportError):
     """An optional package a command needs is not installed; the message says how to install it."""
+
+
+class IndexCorruptError(UserError, ValueError):
+    """A saved index whose parts disagree (a save that crashed or raced): it must be rebuilt, not reused.
+
+    Args:
+        reason: what disagrees, naming the folder and the files.
+        fix: what to run to rebuild it (appended to the message).
+    """
+
+    def __init__(self, reason: str, fix: str = "") -> None:
+        super().__init__(f"{reason}; {fix}" if fix else reason)
+        self.reason = reason

@@ -2,12 +2,11 @@
 
 import json as jsonlib
 import sys
-from pathlib import Path
 from typing import Any
 
 from llm_course.inference.engine import Weights
 from llm_course.rag.answer import DEFAULT_MIN_SCORE, NotesQA
-from llm_course.rag.index import MANIFEST, RagIndex, load_embedder
+from llm_course.rag.index import RagIndex, load_embedder, load_for_refresh
 from llm_course.rag.retrieve import Mode, Retriever
 
 INDEX_DIR = "outputs/rag_index"
@@ -18,8 +17,8 @@ def refresh_index(source: str, index_dir: str, embedder: Any, max_tokens: int = 
                   previous: RagIndex | None = None) -> tuple[RagIndex, dict[str, int]]:  # fmt: skip
     """Bring the index in ``index_dir`` (``previous``, if already loaded) up to date with ``source``: changed files
     re-embedded, deleted ones dropped, unchanged ones reused; saved when anything changed."""
-    if previous is None and (Path(index_dir) / MANIFEST).is_file():
-        previous = RagIndex.load(index_dir)
+    if previous is None:
+        previous = load_for_refresh(index_dir)
     index, stats = RagIndex.build(source, embedder, embedder_name, max_tokens, overlap_tokens, batch_size, previous)
     if previous is None or stats["files_embedded"] or stats["files_removed"]:
         index.save(index_dir)
@@ -51,8 +50,7 @@ def open_index(source: str | None, index_dir: str, device: str = "cpu") -> tuple
     """The index in ``index_dir`` and the embedder it was built with (queries must be embedded by the same model),
     brought up to date with ``source`` when given, under the index's own chunk settings (a new index: the
     defaults). Without ``source`` the index must exist."""
-    has_index = (Path(index_dir) / MANIFEST).is_file()
-    previous = RagIndex.load(index_dir) if source is None or has_index else None  # no index, no source: its error
+    previous = RagIndex.load(index_dir) if source is None else load_for_refresh(index_dir)  # no source: its errors
     settings = {k: previous.settings[k] for k in ("max_tokens", "overlap_tokens")} if previous is not None else {}
     name = previous.settings["embedder"] if previous is not None else "minilm"
     embedder = load_embedder(name, device)
