@@ -28,7 +28,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "chat": "llm_course.inference.commands:chat",
     "serve": "llm_course.inference.serve:serve",
     "rag": {"index": "llm_course.rag.commands:index", "search": "llm_course.rag.commands:search",
-            "ask": "llm_course.rag.commands:ask"},
+            "ask": "llm_course.rag.commands:ask", "raft-data": "llm_course.rag.raft:raft_data"},
     "export": {"onnx": "llm_course.export.onnx:onnx", "predict": "llm_course.export.onnx_classifier:predict"},
     "bench": BENCHMARKS,
 }
@@ -39,7 +39,7 @@ HELP = {
     "chat": "chat with a model in the terminal (/reset, /params, /quit; Ctrl-C stops a reply)",
     "serve": "serve a model: a Gradio chat page and an OpenAI-compatible API on 127.0.0.1",
     "export": "export onnx: the Module 3 classifier as ONNX, checked with onnxruntime; export predict: score with it",
-    "rag": "questions over the course notes: rag index (chunk + embed), rag search, rag ask (answer with citations)",
+    "rag": "questions over the course notes: rag index (chunk + embed), rag search, rag ask (answer with citations), rag raft-data (data for the grounded-answer LoRA)",
     "bench": f"run a benchmark, writing JSON and a figure: {', '.join(BENCHMARKS)}",
 }
 

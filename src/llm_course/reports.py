@@ -4,8 +4,10 @@ No plotting here; a figure, when there is one, comes in as a ``matplotlib.figure
 """
 
 import json
+import os
 import platform
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,21 @@ def command_line() -> str:
     return " ".join(sys.argv)
 
 
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename: a reader sees the old
+    file or the new one, never half of one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def write_report(output_dir: str | Path, name: str, results: dict[str, Any], figure: Any | None = None) -> Path:
     """Write ``<output_dir>/<name>.json`` (results + machine + versions + command) and ``<name>.png``.
 
@@ -37,7 +54,7 @@ def write_report(output_dir: str | Path, name: str, results: dict[str, Any], fig
     out.mkdir(parents=True, exist_ok=True)
     payload = {**results, "machine": machine(), "versions": versions(), "command": command_line()}
     path = out / f"{name}.json"
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
     if figure is not None:
         figure.savefig(out / f"{name}.png", dpi=120, bbox_inches="tight")
     return path

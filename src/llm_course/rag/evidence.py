@@ -1,0 +1,183 @@
+"""Evidence first: the sentences of the given passages that best answer the question, verbatim, with their source.
+
+Sentences come from the passages' prose: fenced code, tables, headings and images are left out, a paragraph's
+wrapped lines are joined, and a list item is a sentence of its own. Each sentence keeps its passage number and
+its own line range. A sentence's score is its MiniLM cosine to the question plus ``lexical_weight`` × its BM25
+score over the candidate sentences (scaled to [0, 1]), or a cross-encoder's score when one is given; ties go to
+the earlier passage and line, so the choice is deterministic.
+
+Sentence splitting is done here rather than by a library (pysbd, nltk's punkt): the notes are Markdown, and what
+counts is knowing fences, tables, list items and inline code, which those splitters do not.
+"""
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from llm_course.rag.passages import Passage
+
+FENCE = re.compile(r"^\s*(```|~~~)")
+SKIP = re.compile(r"^\s*(#{1,6}\s|\||!\[|<|\[…\]$|---+\s*$|===+\s*$)")  # headings, tables, images, HTML, rules, gaps
+ITEM = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
+# A sentence ends at . ! ? (closing quotes, brackets or emphasis may follow), then space and a capital, digit,
+# backtick, quote, bracket or emphasis; abbreviations are checked apart.
+BOUNDARY = re.compile(r"(?<=[.!?])[\"')\]*_]*\s+(?=[A-Z0-9`\"'(\[*_])")
+ABBREVIATIONS = ("e.g.", "i.e.", "vs.", "etc.", "cf.", "approx.", "fig.", "no.", "e.g.,", "al.")
+MIN_WORDS = 4
+TABLE_ROW = re.compile(r"^\s*\|.*\|\s*$")
+TABLE_RULE = re.compile(r"^\s*\|?\s*:?-{3,}")
+
+
+@dataclass(frozen=True)
+class Sentence:
+    n: int  # the passage's number, [n]
+    text: str  # verbatim, wrapped lines joined by a space
+    start_line: int
+    end_line: int
+    anchor: str
+
+    def citation(self) -> str:
+        return f"{self.anchor} (lines {self.start_line}-{self.end_line})"
+
+
+@dataclass(frozen=True)
+class Evidence:
+    sentence: Sentence
+    score: float
+
+    def as_dict(self) -> dict[str, Any]:
+        s = self.sentence
+        return {"n": s.n, "text": s.text, "citation": s.citation(), "lines": [s.start_line, s.end_line],
+                "score": round(self.score, 4)}  # fmt: skip
+
+    def render(self) -> str:
+        return f"[{self.sentence.n}] {self.sentence.text}"
+
+
+def paragraphs(lines: list[tuple[int, str]]) -> list[list[tuple[int, str]]]:
+    """Runs of prose lines: a blank line, a list item, or a skipped line (code, table, heading) ends one."""
+    out: list[list[tuple[int, str]]] = []
+    current: list[tuple[int, str]] = []
+    fenced = False
+    for number, line in lines:
+        if FENCE.match(line):
+            fenced = not fenced
+            line = ""
+        if fenced or not line.strip() or SKIP.match(line) or ITEM.match(line):
+            if current:
+                out.append(current)
+            current = []
+            if not fenced and ITEM.match(line) and not SKIP.match(line):
+                current = [(number, ITEM.sub("", line, count=1))]
+            continue
+        current.append((number, line.strip()))
+    if current:
+        out.append(current)
+    return out
+
+
+def split_sentences(paragraph: list[tuple[int, str]]) -> list[tuple[str, int, int]]:
+    """``(sentence, first line, last line)`` of a paragraph whose wrapped lines are joined by spaces."""
+    text, starts = "", []
+    for number, line in paragraph:
+        if text:
+            text += " "
+        starts.append((len(text), number))
+        text += line
+
+    def line_at(offset: int) -> int:
+        return max(number for start, number in starts if start <= offset)
+
+    out, begin = [], 0
+    for match in BOUNDARY.finditer(text):
+        piece = text[begin : match.start()].strip()
+        if piece.lower().endswith(ABBREVIATIONS) or piece.count("`") % 2:  # an abbreviation, or inside `code`
+            continue
+        out.append((piece, line_at(begin), line_at(match.start() - 1)))
+        begin = match.end()
+    if text[begin:].strip():
+        out.append((text[begin:].strip(), line_at(begin), line_at(len(text) - 1)))
+    return out
+
+
+def table_rows(lines: list[tuple[int, str]]) -> list[tuple[str, int, int]]:
+    """``(header line + row, header's line, row's line)`` of each body row of the Markdown tables outside code: a
+    row's numbers mean something only under its header."""
+    out, header, fenced = [], None, False
+    for i, (number, line) in enumerate(lines):
+        if FENCE.match(line):
+            fenced = not fenced
+        if fenced or not TABLE_ROW.match(line):
+            header = None
+            continue
+        if header is None:
+            following = lines[i + 1][1] if i + 1 < len(lines) else ""
+            header = (number, line.strip()) if TABLE_RULE.match(following) else None
+        elif not TABLE_RULE.match(line):
+            out.append((f"{header[1]}\n{line.strip()}", header[0], number))
+    return out
+
+
+def sentences_of(passages: list[Passage], tables: bool = True) -> list[Sentence]:
+    """Every prose sentence of at least :data:`MIN_WORDS` words in the passages and, with ``tables``, every table
+    row under its header, in passage and reading order."""
+    out = []
+    for passage in passages:
+        units = [u for paragraph in paragraphs(passage.lines) for u in split_sentences(paragraph)]
+        units = [u for u in units if len(u[0].split()) >= MIN_WORDS] + (table_rows(passage.lines) if tables else [])
+        out += [Sentence(passage.n, text, first, last, passage.anchor) for text, first, last in sorted(units,
+                key=lambda u: u[1:])]  # fmt: skip
+    return out
+
+
+def bm25_scores(question: str, texts: list[str]) -> np.ndarray:
+    """BM25 of the question against each text (bm25s, English stop words), scaled so the best is 1."""
+    import bm25s
+
+    query = bm25s.tokenize([question], stopwords="en", show_progress=False)
+    corpus = bm25s.tokenize(texts, stopwords="en", show_progress=False)
+    if not query.vocab or not corpus.vocab:
+        return np.zeros(len(texts))
+    model = bm25s.BM25()
+    model.index(corpus, show_progress=False)
+    words = [w for w in query.vocab if w in corpus.vocab]
+    if not words:
+        return np.zeros(len(texts))
+    scores = np.asarray(model.get_scores(words), dtype=np.float64)
+    top = scores.max()
+    return scores / top if top > 0 else scores
+
+
+def select_evidence(question: str, passages: list[Passage], embedder: Any, max_sentences: int = 3,
+                    lexical_weight: float = 0.25, keep_ratio: float = 0.0, tables: bool = True,
+                    cross_encoder: Any | None = None) -> list[Evidence]:  # fmt: skip
+    """The 1 to ``max_sentences`` sentences of ``passages`` that best answer ``question``, best first.
+
+    A sentence after the first is kept only if its score is at least ``keep_ratio`` × the best one's, so a clear
+    answer is not padded with weak sentences.
+
+    Args:
+        question: the question.
+        passages: the passages the answer may use.
+        embedder: the index's sentence-transformers model.
+        max_sentences: the most sentences returned.
+        lexical_weight: weight of the scaled BM25 score beside the cosine.
+        keep_ratio: a further sentence needs at least this share of the best score.
+        tables: table rows (under their header) are candidates too.
+        cross_encoder: a sentence-transformers ``CrossEncoder`` that scores (question, sentence) pairs instead.
+    """
+    candidates = sentences_of(passages, tables)
+    if not candidates:
+        return []
+    texts = [s.text for s in candidates]
+    if cross_encoder is not None:
+        scores = np.asarray(cross_encoder.predict([(question, t) for t in texts]), dtype=np.float64)
+    else:
+        vectors = embedder.encode([question, *texts], normalize_embeddings=True, convert_to_numpy=True)
+        scores = vectors[1:] @ vectors[0] + lexical_weight * bm25_scores(question, texts)
+    order = sorted(range(len(candidates)), key=lambda i: (-round(float(scores[i]), 6), i))
+    best = float(scores[order[0]])
+    chosen = [order[0]] + [i for i in order[1:max_sentences] if best > 0 and scores[i] >= keep_ratio * best]
+    return [Evidence(candidates[i], float(scores[i])) for i in chosen]
