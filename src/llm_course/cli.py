@@ -39,7 +39,8 @@ HELP = {
     "chat": "chat with a model in the terminal (/reset, /params, /quit; Ctrl-C stops a reply)",
     "serve": "serve a model: a Gradio chat page and an OpenAI-compatible API on 127.0.0.1",
     "export": "export onnx: the Module 3 classifier as ONNX, checked with onnxruntime; export predict: score with it",
-    "rag": "questions over the course notes: rag index (chunk + embed), rag search, rag ask (answer with citations), rag raft-data (data for the grounded-answer LoRA)",
+    "rag": "questions over the course notes: rag index (chunk + embed), rag search, rag ask (answer with citations), "
+    "rag raft-data (training data for the grounded-answer LoRA)",
     "bench": f"run a benchmark, writing JSON and a figure: {', '.join(BENCHMARKS)}",
 }
 
