@@ -1,6 +1,5 @@
 """The plain Alpaca-style prompt of models without a chat template (GPT-2): generation, RAG and training share it."""
 
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,7 +9,7 @@ from conftest import byte_tokenizer
 from llm_course.errors import ConfigError
 from llm_course.inference.engine import GenerationEngine
 from llm_course.inference.sampling import InvalidRequest, SamplingParams
-from llm_course.rag.answer import SYSTEM, grounded_messages
+from llm_course.rag.prompt import SYSTEM, grounded_messages
 from llm_course.sft.prompts import (
     ALPACA_PROMPT,
     IGNORE_INDEX,
@@ -65,9 +64,7 @@ def test_engine_prompt_ids_keep_the_whole_conversation(engine):
 
 
 def test_rag_chat_keeps_its_instructions_and_passages(engine):
-    hits = [SimpleNamespace(chunk=SimpleNamespace(anchor=f"notes/0{n}.md#part", text=f"Passage number {n} says x."))
-            for n in (1, 2)]  # fmt: skip
-    messages = grounded_messages("What is x?", SimpleNamespace(hits=hits))
+    messages = grounded_messages("What is x?", [(f"notes/0{n}.md#part", f"Passage number {n} says x.") for n in (1, 2)])
     text = engine.tokenizer.decode(engine.prompt_ids(messages))
     passages = [f"[{n}] (notes/0{n}.md#part)\nPassage number {n} says x." for n in (1, 2)]
     pieces = [SYSTEM, "### Instruction:\nContext passages:", *passages, "Question: What is x?", "### Response:\n"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from llm_course.rag.answer import ABSTAIN, NotesQA, grounded_messages
+from llm_course.rag.answer import ABSTAIN, NotesQA
 from llm_course.rag.bench import abstention, choose_threshold, first_gold_rank, retrieval_metrics
 from llm_course.rag.chunks import Chunk, slug, split_file
 from llm_course.rag.index import RagIndex, load_embedder
@@ -171,15 +171,19 @@ def test_answers_cite_numbered_passages_and_abstain_when_uncovered(notes, embedd
 
     index, _ = RagIndex.build(str(notes), embedder)
     engine = GenerationEngine.load(constant_llama, device="cpu")
-    qa = NotesQA(Retriever(index, embedder), engine, top_k=2, params=SamplingParams(temperature=0, max_new_tokens=3))
+    qa = NotesQA(Retriever(index, embedder), engine, top_k=2, params=SamplingParams(temperature=0, max_new_tokens=3),
+                 answer="generate")  # fmt: skip
     answer = qa.ask("Should I knead the dough for ten minutes when baking bread?")
-    assert not answer.abstained and answer.text == "ok ok ok" and answer.stats.completion_tokens == 3
-    assert answer.sources[0]["n"] == 1 and answer.sources[0]["heading"] == "Baking bread"
-    assert answer.sources[0]["citation"].startswith(f"{notes}/01_cooking.md#baking-bread (lines ")
-    prompt = grounded_messages(answer.question, answer.retrieval)[1]["content"]
-    assert "[1] (" in prompt and "Knead the dough" in prompt and prompt.endswith(answer.question)
+    assert not answer.abstained and answer.generated == "ok ok ok" and answer.stats.completion_tokens == 3
+    # "ok ok ok" is not in the passages: dropped, and the answer falls back to the evidence
+    assert [c.supported for c in answer.checked] == [False]
+    assert answer.text.startswith("Knead the dough for ten minutes") and answer.text.endswith("[1]")
+    assert answer.citations[0]["n"] == 1 and answer.citations[0]["heading"] == "Baking bread"
+    assert answer.citations[0]["citation"].startswith(f"{notes}/01_cooking.md#baking-bread (lines ")
+    assert answer.as_dict()["generated"]["dropped_not_in_notes"] == ["ok ok ok"]
     refused = qa.ask("What reward model does RLHF with PPO use for alignment?")
     assert refused.abstained and refused.text == ABSTAIN and refused.stats is None
+    assert refused.citations == [] and refused.as_dict()["closest_passages_not_cited"]  # labelled, not cited
 
 
 def test_rag_commands_index_search_and_ask_json(notes, tmp_path, constant_llama, capsys):
@@ -191,11 +195,18 @@ def test_rag_commands_index_search_and_ask_json(notes, tmp_path, constant_llama,
     run_cli("rag", "search", "--query", "aphids on tomatoes", "--source", notes, "--index_dir", index_dir)
     assert "#pests (lines" in capsys.readouterr().out.splitlines()[1]
     run_cli("rag", "ask", "--question", "How long should pasta cook?", "--source", notes, "--index_dir", index_dir,
-            "--model", constant_llama, "--device", "cpu", "--json", "true")  # fmt: skip
-    result = json.loads(capsys.readouterr().out)
-    assert result["answer"].startswith("ok ok") and not result["abstained"]
+            "--json", "true")  # fmt: skip
+    result = json.loads(capsys.readouterr().out)  # extractive by default: no chat model is loaded
+    assert "Cook it for nine minutes, then drain it in a colander. [1]" in result["answer"] and not result["abstained"]
+    assert {e["citation"].split("#")[1] for e in result["evidence"]} == {"boiling-pasta (lines 7-7)",
+                                                                         "boiling-pasta (lines 8-8)"}  # fmt: skip
     assert result["citations"][0]["heading"] == "Boiling pasta" and result["retrieval_ms"] > 0
-    assert result["generation"]["completion_tokens"] > 0 and result["coverage"] > 0.5
+    assert result["generation"] is None and result["coverage"] > 0.5
+    run_cli("rag", "ask", "--question", "How long should pasta cook?", "--source", notes, "--index_dir", index_dir,
+            "--model", constant_llama, "--device", "cpu", "--answer", "both", "--json", "true")  # fmt: skip
+    result = json.loads(capsys.readouterr().out)
+    assert "Cook it for nine minutes" in result["answer"] and result["generated"]["text"].startswith("ok ok")
+    assert result["generated"]["shown"] == [] and result["generation"]["completion_tokens"] > 0
     with pytest.raises(SystemExit):
         run_cli("rag", "ask", "--question", "x", "--source", "null", "--index_dir", tmp_path / "none")
     assert "no index there" in capsys.readouterr().err

@@ -77,8 +77,8 @@ def compare(driver: Any, prompt: str, timeout_s: float = 300) -> dict[str, tuple
 
 def ask_notes(driver: Any, question: str, timeout_s: float = 300, frames: list[bytes] | None = None,
               every_s: float = 0.5) -> tuple[str, str, str]:  # fmt: skip
-    """Ask ``question`` in the "Ask the course notes" tab; wait for the answer's final line (timings, or the
-    abstention). With ``frames``, a screenshot is appended every ``every_s`` seconds meanwhile (for a GIF).
+    """Ask ``question`` in the "Ask the course notes" tab; wait for the answer's final line (answered, with the
+    timings when the model generated, or the abstention). With ``frames``, a screenshot is appended every ``every_s`` seconds meanwhile (for a GIF).
     Returns (answer, stats line, sources text)."""
     import time
 
@@ -93,7 +93,8 @@ def ask_notes(driver: Any, question: str, timeout_s: float = 300, frames: list[b
         if frames is not None:
             frames.append(driver.get_screenshot_as_png())
         text = settled(driver, "#notes-stats")
-        return text if text != before and ("tokens/s" in text or "abstained" in text) else ""
+        finished = "generating" not in text and ("answered" in text or "abstained" in text)
+        return text if text != before and finished else ""
 
     stats = wait_for(done, timeout_s, "the answer's timings", poll_s=every_s)
     time.sleep(every_s)  # let the last update render

@@ -92,6 +92,8 @@ def serve(
     trust_remote_code: bool = False,
     notes: str | None = None,
     notes_index: str = "outputs/rag_index",
+    notes_answer: str = "extractive",
+    notes_adapter: str | None = None,
 ) -> None:
     """Serve the model: a Gradio chat page at / and an OpenAI-compatible API at /v1 (chat/completions, models),
     with /health; one process, models loaded once at start-up.
@@ -118,6 +120,10 @@ def serve(
         notes: a folder of notes (e.g. notes) for the page's "Ask the course notes" tab (Module 8), answered by the
             first model; indexed into --notes_index, re-embedding only files that changed.
         notes_index: where that index is kept.
+        notes_answer: how the notes tab answers: extractive (the notes' own sentences), generate or both (the
+            model's sentences too, each checked against the passages); see ``rag ask --answer``.
+        notes_adapter: the grounded-answer LoRA adapter (configs/rag_lora.yaml) the notes tab answers with, on top
+            of --model; the chat's --adapter is another model. None: the first served model.
     """
     import uvicorn
 
@@ -135,7 +141,12 @@ def serve(
         from llm_course.rag.retrieve import Retriever
 
         built, embedder = open_index(notes, notes_index)  # an existing index keeps its embedder and chunk settings
-        notes_qa = NotesQA(Retriever(built, embedder), next(iter(engines.values())))
+        notes_engine = next(iter(engines.values()))
+        if notes_adapter is not None:
+            from llm_course.inference.engine import GenerationEngine
+
+            notes_engine = GenerationEngine.load(model, notes_adapter, weights, device, trust_remote_code)
+        notes_qa = NotesQA(Retriever(built, embedder), notes_engine, answer=notes_answer)
     app = build_server(engines, Scheduler(queue_size), defaults, ui, notes_qa)
     print(f"serving {', '.join(engines)} at http://{host}:{port}/ (API: http://{host}:{port}/v1)", file=sys.stderr)
     uvicorn.run(app, host=host, port=port, log_level="warning")

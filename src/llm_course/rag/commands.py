@@ -5,7 +5,7 @@ import sys
 from typing import Any
 
 from llm_course.inference.engine import Weights
-from llm_course.rag.answer import DEFAULT_MIN_SCORE, NotesQA
+from llm_course.rag.answer import DEFAULT_ANSWER, DEFAULT_MIN_SCORE, AnswerMode, NotesQA
 from llm_course.rag.index import RagIndex, load_embedder, load_for_refresh
 from llm_course.rag.retrieve import Mode, Retriever
 
@@ -60,8 +60,8 @@ def open_index(source: str | None, index_dir: str, device: str = "cpu") -> tuple
 
 
 def _qa(source: str | None, index_dir: str, mode: Mode, top_k: int, min_score: float, backend: str,
-        reranker: str | None, model: str | None, adapter: str | None, weights: str,
-        device: str) -> NotesQA:  # fmt: skip
+        reranker: str | None, model: str | None, adapter: str | None, weights: str, device: str,
+        answer: AnswerMode = DEFAULT_ANSWER, check: bool = True) -> NotesQA:  # fmt: skip
     built, embedder = open_index(source, index_dir, "cpu" if device == "auto" else device)
     cross = None
     if reranker:
@@ -71,11 +71,12 @@ def _qa(source: str | None, index_dir: str, mode: Mode, top_k: int, min_score: f
 
         cross = CrossEncoder(resolve_model(reranker, "--reranker"))
     engine = None
-    if model is not None:
+    if model is not None and answer != "extractive":  # extractive answers need no chat model
         from llm_course.inference.engine import GenerationEngine
 
         engine = GenerationEngine.load(model, adapter, weights, device)
-    return NotesQA(Retriever(built, embedder, backend, cross), engine, mode, top_k, min_score)
+    return NotesQA(Retriever(built, embedder, backend, cross), engine, mode, top_k, min_score, answer=answer,
+                   check=check)  # fmt: skip
 
 
 def search(query: str, source: str | None = "notes", index_dir: str = INDEX_DIR, mode: Mode = "hybrid",
@@ -103,41 +104,51 @@ def ask(
     question: str,
     source: str | None = "notes",
     index_dir: str = INDEX_DIR,
+    answer: AnswerMode = DEFAULT_ANSWER,
     model: str = "smollm2-135m-instruct",
     adapter: str | None = None,
     weights: Weights = "fp32",
     mode: Mode = "hybrid",
     top_k: int = 3,
     min_score: float = DEFAULT_MIN_SCORE,
+    check: bool = True,
     backend: str = "exact",
     reranker: str | None = None,
     json: bool = False,
     device: str = "auto",
 ) -> None:
-    """Answer a question from the notes with numbered citations, or say the notes do not cover it.
+    """Answer a question from the notes: the sentences of the notes that answer it, with their sources, and
+    (``--answer generate|both``) the chat model's answer, each sentence checked against the passages; or say the
+    notes do not cover it.
 
     Args:
         question: the question.
         source: the notes folder, re-indexed where it changed (none: use the index as it is).
         index_dir: the index folder (built on first use).
+        answer: extractive (the evidence sentences are the answer; no chat model is loaded), generate (the
+            model's sentences that the passages support; the evidence when none is) or both.
         model: the chat model (Module 7's engine): smollm2-135m-instruct, a folder, a hub id.
-        adapter: a LoRA adapter folder from Module 6 to answer with.
+        adapter: a LoRA adapter folder to answer with: the grounded-answer adapter of configs/rag_lora.yaml
+            (notes/08), e.g. outputs/rag_lora/tensorboard_logs/version_0/adapter.
         weights: fp32, bf16, int8 or nf4.
         mode: dense, bm25 or hybrid retrieval.
-        top_k: passages given to the model.
-        min_score: abstain when the closest chunk's cosine is below this (chosen by bench rag, notes/08).
+        top_k: passages (sections) given to the model.
+        min_score: abstain when the passages cover less than this share of the question's words (IDF-weighted
+            coverage; chosen by bench rag, notes/08).
+        check: drop generated sentences that the passages do not support (false: show every sentence).
         backend: exact or faiss dense search.
-        reranker: a local cross-encoder folder that re-scores the candidates (optional).
-        json: print the answer, citations, scores and timings as JSON.
+        reranker: a local cross-encoder folder that re-scores the candidates and the evidence sentences (optional).
+        json: print the answer, evidence, generated sentences with their checks, citations, scores, timings as JSON.
         device: auto, cpu, cuda.
     """
-    qa = _qa(source, index_dir, mode, top_k, min_score, backend, reranker, model, adapter, weights, device)
-    answer = qa.ask(question)
+    qa = _qa(source, index_dir, mode, top_k, min_score, backend, reranker, model, adapter, weights, device, answer,
+             check)  # fmt: skip
+    result = qa.ask(question)
     if json:
-        print(jsonlib.dumps(answer.as_dict(), indent=2))
+        print(jsonlib.dumps(result.as_dict(), indent=2))
         return
-    print(answer.render())
-    timing = f"retrieval {answer.retrieval.ms:.0f} ms"
-    if answer.stats is not None:
-        timing += f", generation {answer.stats.latency_s:.1f} s ({answer.stats.line()})"
+    print(result.render())
+    timing = f"retrieval {result.retrieval.ms:.0f} ms"
+    if result.stats is not None:
+        timing += f", generation {result.stats.latency_s:.1f} s ({result.stats.line()})"
     print(timing, file=sys.stderr)

@@ -151,7 +151,7 @@ def bm25_scores(question: str, texts: list[str]) -> np.ndarray:
 
 
 def select_evidence(question: str, passages: list[Passage], embedder: Any, max_sentences: int = 3,
-                    lexical_weight: float = 0.25, keep_ratio: float = 0.0, tables: bool = True,
+                    lexical_weight: float = 0.25, keep_ratio: float = 0.5, tables: bool = True,
                     cross_encoder: Any | None = None) -> list[Evidence]:  # fmt: skip
     """The 1 to ``max_sentences`` sentences of ``passages`` that best answer ``question``, best first.
 

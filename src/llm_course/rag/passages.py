@@ -27,6 +27,7 @@ class Passage:
     text: str
     score: float  # the best hit's retrieval score
     lines: list[tuple[int, str]] = field(repr=False, default_factory=list)  # (1-based line number, text)
+    chunks: list[Chunk] = field(repr=False, default_factory=list)  # the retrieved windows it was merged from
 
     @property
     def heading(self) -> str:
@@ -69,5 +70,5 @@ def merge_hits(hits: list[Hit], limit: int) -> list[Passage]:
             parts.append(text)
         first = members[0].chunk
         passages.append(Passage(n, first.file, list(first.headings), first.anchor, ordered[0][0], ordered[-1][0],
-                                "\n".join(parts), members[0].score, ordered))  # fmt: skip
+                                "\n".join(parts), members[0].score, ordered, [h.chunk for h in members]))  # fmt: skip
     return passages
