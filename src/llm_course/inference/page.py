@@ -78,8 +78,8 @@ def compare(driver: Any, prompt: str, timeout_s: float = 300) -> dict[str, tuple
 def ask_notes(driver: Any, question: str, timeout_s: float = 300, frames: list[bytes] | None = None,
               every_s: float = 0.5) -> tuple[str, str, str]:  # fmt: skip
     """Ask ``question`` in the "Ask the course notes" tab; wait for the answer's final line (answered, with the
-    timings when the model generated, or the abstention). With ``frames``, a screenshot is appended every ``every_s`` seconds meanwhile (for a GIF).
-    Returns (answer, stats line, sources text)."""
+    timings when the model generated, or the abstention). With ``frames``, a screenshot is appended every
+    ``every_s`` seconds meanwhile (for a GIF). Returns (answer, stats line, sources text)."""
     import time
 
     from selenium.webdriver.common.by import By
