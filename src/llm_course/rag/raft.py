@@ -95,22 +95,24 @@ def read_alpaca(path: str, max_output_chars: int = 400) -> list[dict[str, Any]]:
                                "alpaca_libre.jsonl.gz, or leave it out to build from the notes only)")  # fmt: skip
     opener = gzip.open if file.suffix == ".gz" else open
     with opener(file, "rt", encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+        rows = [json.loads(line) | {"line": i} for i, line in enumerate(f) if line.strip()]  # line: its place
     return [r for r in rows if r.get("status", "ok") == "ok" and str(r.get("input", "")).strip()
             and 0 < len(str(r.get("output", "")).strip()) <= max_output_chars]  # fmt: skip
 
 
 def alpaca_examples(records: list[dict[str, Any]], rng: random.Random, size: int = 3,
                     none_share: float = 0.15) -> list[dict[str, Any]]:  # fmt: skip
-    """One example per record: its input among other records' inputs, its output plus the marker."""
+    """One example per record: its input among other records' inputs, its output plus the marker. A passage's
+    source is ``alpaca_libre#record-<line of the file, from 0>``."""
     out = []
     for i, record in enumerate(records):
         others = rng.sample([j for j in range(len(records)) if j != i], min(size, len(records) - 1))
-        distractors = [(f"alpaca_libre#record-{j}", records[j]["input"].strip()) for j in others]
-        right = None if rng.random() < none_share else (f"alpaca_libre#record-{i}", record["input"].strip())
+        label = lambda r: (f"alpaca_libre#record-{r['line']}", r["input"].strip())  # noqa: E731
+        distractors = [label(records[j]) for j in others]
+        right = None if rng.random() < none_share else label(record)
         passages, n = arrange(right, distractors, size, rng)
         answer = NOT_COVERED if n is None else f"{record['output'].strip()} [{n}]"
-        out.append(example(record["instruction"].strip(), passages, answer, source="alpaca", record=i,
+        out.append(example(record["instruction"].strip(), passages, answer, source="alpaca", record=record["line"],
                            covered=n is not None))  # fmt: skip
     return out
 
