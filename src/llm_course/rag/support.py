@@ -65,10 +65,15 @@ def overlap(sentence: str, passage_text: str) -> float:
 
 def generated_sentences(text: str) -> list[str]:
     """The sentences of a generated answer (its paragraphs' wrapped lines joined, list markers kept)."""
-    out = []
+    out: list[str] = []
+    text = re.sub(r"([.!?])((?:\s?\[\d+\])+)", lambda m: m.group(2) + m.group(1), text)  # "b. [3] C" -> "b [3]. C"
     for block in re.split(r"\n\s*\n", text.strip()):
         lines = [(i, line.strip()) for i, line in enumerate(block.splitlines()) if line.strip()]
-        out += [s for s, _, _ in split_sentences(lines)] if lines else []
+        for sentence, _, _ in split_sentences(lines) if lines else []:
+            if out and not MARKER.sub("", sentence).strip():  # "... end. [3]": the marker belongs to the sentence
+                out[-1] = f"{out[-1]} {sentence}"
+            else:
+                out.append(sentence)
     return out
 
 
