@@ -235,3 +235,20 @@ def test_bench_rag_scores_every_answer_mode_on_the_test_half(notes, tmp_path, co
     assert test["extractive"]["all"]["cites_given_passage_rate"] == 1.0
     assert result["targets"]["default_answer_mode"] in ("extractive", "base both")
     assert result["support_check"]["chosen_on"].startswith("validation") and (tmp_path / "bench" / "rag.png").is_file()
+
+
+def test_the_lora_curve_is_read_back_from_the_run(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    from llm_course.errors import MissingFileError
+    from llm_course.rag.lora_curve import bench_rag_lora
+
+    run = tmp_path / "run"
+    with SummaryWriter(str(run)) as writer:
+        for step, loss in ((10, 0.5), (20, 0.4)):
+            writer.add_scalar("val/loss", loss, step)
+    paths = bench_rag_lora(str(run), str(tmp_path / "out"))
+    result = json.loads(open(paths["json"]).read())
+    assert result["curves"]["val/loss"] == [[10, 0.5], [20, pytest.approx(0.4)]] and result["val_loss_last"] < 0.41
+    with pytest.raises(MissingFileError, match="no TensorBoard event file"):
+        bench_rag_lora(str(tmp_path), str(tmp_path / "out"))

@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, str] = {
     "precision": "llm_course.optimization.bench:bench_precision",
     "serve": "llm_course.inference.bench:bench_serve",
     "rag": "llm_course.rag.bench:bench_rag",
+    "rag-lora": "llm_course.rag.lora_curve:bench_rag_lora",
 }
 
 

@@ -64,10 +64,16 @@ def arrange(right: tuple[str, str] | None, distractors: list[tuple[str, str]], s
     return chosen[:place] + [right] + chosen[place:], place + 1
 
 
-def notes_examples(chunks: list[Chunk], embedder: Any, rng: random.Random, size: int = 3,
-                   none_share: float = 0.15, per_chunk: int = 2) -> list[dict[str, Any]]:  # fmt: skip
-    """``per_chunk`` examples per chunk that has prose, each a heading question (in another wording) with the chunk
-    among other sections' chunks."""
+def notes_examples(chunks: list[Chunk], embedder: Any, rng: random.Random, size: int = 3, none_share: float = 0.15,
+                   per_chunk: int = 2, distractors: str = "retrieved") -> list[dict[str, Any]]:  # fmt: skip
+    """``per_chunk`` examples per chunk that has prose, each a heading question (in another wording).
+
+    With ``distractors="retrieved"`` the passages are what ``rag ask`` would give for that question (RAFT's hard
+    distractors): the sections the retriever ranks highest, windows of one section merged, the right section among
+    them (added in a random place when the retriever missed it). With ``random``, other sections drawn at random.
+    An example without the right passage always gets random ones, so "not covered" is learned where it is true.
+    """
+    retriever = _retriever(chunks, embedder) if distractors == "retrieved" else None
     out = []
     for i, chunk in enumerate(chunks):
         if not chunk.heading:
@@ -78,13 +84,46 @@ def notes_examples(chunks: list[Chunk], embedder: Any, rng: random.Random, size:
             if not evidence:
                 break
             others = [c for c in chunks if c.anchor != chunk.anchor]
-            distractors = [(c.anchor, c.text) for c in rng.sample(others, min(size, len(others)))]
-            right = None if rng.random() < none_share else (chunk.anchor, chunk.text)
-            passages, n = arrange(right, distractors, size, rng)
+            if rng.random() < none_share:
+                passages, n = [(c.anchor, c.text) for c in rng.sample(others, min(size, len(others)))], None
+            elif retriever is not None:
+                passages, n = _retrieved(retriever, question, chunk, size, rng)
+            else:
+                drawn = [(c.anchor, c.text) for c in rng.sample(others, min(size - 1, len(others)))]
+                passages, n = arrange((chunk.anchor, chunk.text), drawn, size, rng)
             answer = NOT_COVERED if n is None else " ".join(e.sentence.text for e in evidence) + f" [{n}]"
             out.append(example(question, passages, answer, source="notes", file=chunk.file, chunk=i,
                                covered=n is not None))  # fmt: skip
     return out
+
+
+def _retriever(chunks: list[Chunk], embedder: Any) -> Any:
+    """A hybrid retriever over ``chunks`` alone (the held-out notes are not in it)."""
+    import numpy as np
+
+    from llm_course.rag.index import RagIndex, embedding_dimension
+    from llm_course.rag.retrieve import Retriever
+
+    vectors = embedder.encode([c.for_embedding() for c in chunks], normalize_embeddings=True, convert_to_numpy=True)
+    index = RagIndex(chunks, np.asarray(vectors, dtype=np.float32), {"dimension": embedding_dimension(embedder)})
+    return Retriever(index, embedder)
+
+
+def _retrieved(retriever: Any, question: str, chunk: Chunk, size: int,
+               rng: random.Random) -> tuple[list[tuple[str, str]], int]:  # fmt: skip
+    """The passages ``rag ask`` would give, with ``chunk``'s section among them; its number."""
+    from llm_course.rag.answer import POOL
+    from llm_course.rag.passages import merge_hits
+
+    passages = merge_hits(retriever.search(question, "hybrid", (size + 1) * POOL).hits, size + 1)
+    right = next((p for p in passages if p.anchor == chunk.anchor and chunk.text in p.text), None)
+    others = [(p.anchor, p.text) for p in passages if p.anchor != chunk.anchor]
+    if right is None:
+        return arrange((chunk.anchor, chunk.text), others, size, rng)
+    chosen = [(p.anchor, p.text) for p in passages if p is right or p.anchor != chunk.anchor][:size]
+    if (right.anchor, right.text) not in chosen:  # ranked last: it takes the last place
+        chosen[-1] = (right.anchor, right.text)
+    return chosen, chosen.index((right.anchor, right.text)) + 1
 
 
 def read_alpaca(path: str, max_output_chars: int = 400) -> list[dict[str, Any]]:
@@ -127,6 +166,7 @@ def raft_data(
     none_share: float = 0.15,
     val_share: float = 0.1,
     max_tokens: int = 200,
+    distractors: str = "retrieved",
     seed: int = 0,
 ) -> dict[str, Any]:
     """Write ``train.jsonl`` and ``val.jsonl`` (chat records) and ``raft_data.json`` (what went in) for the
@@ -143,6 +183,8 @@ def raft_data(
         none_share: share of examples without the right passage, answered with "not covered".
         val_share: share of examples held out for validation loss.
         max_tokens: chunk size in MiniLM tokens (as ``rag index``).
+        distractors: for the notes' questions, ``retrieved`` (the passages hybrid retrieval gives for the question,
+            as at answer time: RAFT's hard distractors) or ``random`` (other sections at random).
         seed: seeds every choice.
     """
     from llm_course.rag.index import load_embedder
@@ -157,7 +199,9 @@ def raft_data(
     count = lambda text: len(embedder.tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
     chunks = [c for f in files if f not in held for c in split_file(f, Path(f).read_text(encoding="utf-8"), count,
                                                                     max_tokens)]  # fmt: skip
-    rows = notes_examples(chunks, embedder, rng, passages, none_share)
+    if distractors not in ("retrieved", "random"):
+        raise ConfigError(f"--distractors={distractors!r} is not one of: retrieved, random")
+    rows = notes_examples(chunks, embedder, rng, passages, none_share, distractors=distractors)
     alpaca: list[dict[str, Any]] = []
     if alpaca_file:
         alpaca = read_alpaca(alpaca_file)
@@ -173,6 +217,7 @@ def raft_data(
         atomic_write_text(out / f"{name}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in part))
     summary = {
         "source": source, "alpaca_file": alpaca_file, "held_out": held, "seed": seed, "passages": passages,
+        "distractors": distractors,
         "none_share": none_share, "train": len(rows) - n_val, "val": n_val,
         "by_source": {s: sum(r["source"] == s for r in rows) for s in ("notes", "alpaca")},
         "not_covered": sum(not r["covered"] for r in rows), "notes_used": sorted({c.file for c in chunks}),

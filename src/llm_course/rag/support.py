@@ -26,8 +26,8 @@ from llm_course.rag.passages import Passage
 from llm_course.rag.prompt import MARKER, cited
 
 # Chosen by `llm-course bench rag` on the validation half of support_pairs.jsonl (see calibrate()).
-MIN_SIMILARITY = 0.6
-MIN_OVERLAP = 0.6
+MIN_SIMILARITY = 0.42
+MIN_OVERLAP = 0.8
 
 
 @dataclass(frozen=True)
