@@ -173,7 +173,8 @@ def test_the_page_and_the_cli_give_the_same_answer(notes, embedder, constant_lla
     assert "garden.md#watering-tomatoes" in shown[-1][2]
 
 
-def test_raft_data_cites_the_right_passage_and_leaves_held_out_notes_out(notes, tmp_path, capsys):
+@pytest.mark.parametrize("distractors", ["random", "retrieved"])
+def test_raft_data_cites_the_right_passage_and_leaves_held_out_notes_out(notes, tmp_path, capsys, distractors):
     from conftest import run_cli
 
     alpaca = tmp_path / "alpaca.jsonl.gz"
@@ -184,7 +185,8 @@ def test_raft_data_cites_the_right_passage_and_leaves_held_out_notes_out(notes, 
         f.writelines(json.dumps(r) + "\n" for r in records)
     out = tmp_path / "raft"
     args = ["rag", "raft-data", "--source", notes, "--output_dir", out, "--alpaca_file", alpaca, "--held_out",
-            f"[{notes}/garden.md]", "--none_share", "0.3", "--val_share", "0.2"]  # fmt: skip
+            f"[{notes}/garden.md]", "--none_share", "0.3", "--val_share", "0.2",
+            "--distractors", distractors]  # fmt: skip
     run_cli(*args)
     summary = json.loads((out / "raft_data.json").read_text())
     rows = [json.loads(line) for name in ("train", "val") for line in (out / f"{name}.jsonl").read_text().splitlines()]

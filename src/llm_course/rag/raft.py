@@ -65,7 +65,7 @@ def arrange(right: tuple[str, str] | None, distractors: list[tuple[str, str]], s
 
 
 def notes_examples(chunks: list[Chunk], embedder: Any, rng: random.Random, size: int = 3, none_share: float = 0.15,
-                   per_chunk: int = 2, distractors: str = "retrieved") -> list[dict[str, Any]]:  # fmt: skip
+                   per_chunk: int = 2, distractors: str = "random") -> list[dict[str, Any]]:  # fmt: skip
     """``per_chunk`` examples per chunk that has prose, each a heading question (in another wording).
 
     With ``distractors="retrieved"`` the passages are what ``rag ask`` would give for that question (RAFT's hard
@@ -166,7 +166,7 @@ def raft_data(
     none_share: float = 0.15,
     val_share: float = 0.1,
     max_tokens: int = 200,
-    distractors: str = "retrieved",
+    distractors: str = "random",
     seed: int = 0,
 ) -> dict[str, Any]:
     """Write ``train.jsonl`` and ``val.jsonl`` (chat records) and ``raft_data.json`` (what went in) for the
@@ -183,8 +183,9 @@ def raft_data(
         none_share: share of examples without the right passage, answered with "not covered".
         val_share: share of examples held out for validation loss.
         max_tokens: chunk size in MiniLM tokens (as ``rag index``).
-        distractors: for the notes' questions, ``retrieved`` (the passages hybrid retrieval gives for the question,
-            as at answer time: RAFT's hard distractors) or ``random`` (other sections at random).
+        distractors: for the notes' questions, ``random`` (other sections at random; the committed adapter's data)
+            or ``retrieved`` (the passages hybrid retrieval gives for the question, as at answer time: harder
+            distractors, and passages as long as ``rag ask`` gives).
         seed: seeds every choice.
     """
     from llm_course.rag.index import load_embedder
