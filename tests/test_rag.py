@@ -180,7 +180,7 @@ def test_answers_cite_numbered_passages_and_abstain_when_uncovered(notes, embedd
     assert answer.text.startswith("Knead the dough for ten minutes") and answer.text.endswith("[1]")
     assert answer.citations[0]["n"] == 1 and answer.citations[0]["heading"] == "Baking bread"
     assert answer.citations[0]["citation"].startswith(f"{notes}/01_cooking.md#baking-bread (lines ")
-    assert answer.as_dict()["generated"]["dropped_not_in_notes"] == ["ok ok ok"]
+    assert answer.as_dict()["generated"]["not_in_notes"] == ["ok ok ok"] and answer.shown_generated == []
     refused = qa.ask("What reward model does RLHF with PPO use for alignment?")
     assert refused.abstained and refused.text == ABSTAIN and refused.stats is None
     assert refused.citations == [] and refused.as_dict()["closest_passages_not_cited"]  # labelled, not cited

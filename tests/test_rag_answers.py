@@ -137,7 +137,9 @@ def test_answer_modes_and_true_citations(notes, embedder, constant_llama):
     assert extractive.generated is None and extractive.stats is None
     assert "Cook it for nine minutes, then drain it in a colander. [1]" in extractive.text
     unchecked = NotesQA(Retriever(index, embedder), engine, top_k=2, params=params, answer="generate", check=False)
-    assert unchecked.ask(question).text == "ok ok ok"  # without the check, what the model said is shown
+    shown = unchecked.ask(question)  # without the check, what the model said is shown, with the check's verdict
+    assert shown.text == "ok ok ok" and shown.shown_generated == ["ok ok ok"] and not shown.checked[0].supported
+    assert "NOT checked against the passages" in shown.render()
     # a context so small that only one passage fits: the citations are the passage the model got, nothing more
     engine.context_length = len(engine.prompt_ids(unchecked.prepare(question).messages)) - 5
     small = NotesQA(Retriever(index, embedder), engine, top_k=2, params=params, answer="both")

@@ -55,15 +55,17 @@ class Answer:
     generated: str | None = None  # the model's raw reply (markers of passages it was not given removed)
     checked: list[Checked] = field(default_factory=list)
     stats: ReplyStats | None = None
+    check: bool = True  # whether generated sentences that fail the support check are left out
+
+    @property
+    def shown_generated(self) -> list[str]:
+        """The generated sentences shown: those that passed the check (all of them with the check off)."""
+        return [c.text for c in self.checked if c.supported or not self.check]
 
     @property
     def citations(self) -> list[dict[str, Any]]:
         """The passages the answer rests on: those given to the model; none for an abstention."""
         return [] if self.abstained else [p.as_dict() for p in self.passages]
-
-    @property
-    def supported(self) -> list[str]:
-        return [c.text for c in self.checked if c.supported]
 
     def as_dict(self) -> dict[str, Any]:
         out = {
@@ -71,7 +73,8 @@ class Answer:
             "evidence": [e.as_dict() for e in self.evidence], "citations": self.citations,
             "generated": None if self.generated is None else {
                 "text": self.generated, "sentences": [c.as_dict() for c in self.checked],
-                "shown": self.supported, "dropped_not_in_notes": [c.text for c in self.checked if not c.supported]},
+                "shown": self.shown_generated,
+                "not_in_notes": [c.text for c in self.checked if not c.supported]},
             "best_dense_score": round(self.retrieval.best_dense, 4), "coverage": round(self.retrieval.coverage, 4),
             "retrieval_ms": round(self.retrieval.ms, 2),
             "generation_s": None if self.stats is None else round(self.stats.latency_s, 3),
@@ -89,11 +92,13 @@ class Answer:
         lines = ["Evidence from the notes:"]
         lines += [f"  [{e.sentence.n}] {e.sentence.text}\n      — {e.sentence.citation()}" for e in self.evidence]
         if self.generated is not None:
-            shown = " ".join(self.supported)
-            lines += ["", "Model's answer (each sentence checked against the passages):",
+            shown = " ".join(self.shown_generated)
+            title = "each sentence checked against the passages" if self.check else "NOT checked against the passages"
+            lines += ["", f"Model's answer ({title}):",
                       f"  {shown}" if shown else "  (no sentence of it is supported by the passages: evidence only)"]
             dropped = [c.text for c in self.checked if not c.supported]
-            lines += [f"  not in the notes, dropped: {d}" for d in dropped]
+            label = "not in the notes, dropped" if self.check else "not in the notes (shown: --check false)"
+            lines += [f"  {label}: {d}" for d in dropped]
         lines += ["", "Passages given to the model:"] + [f"  [{p.n}] {p.citation()}" for p in self.passages]
         return "\n".join(lines)
 
@@ -165,14 +170,12 @@ class NotesQA:
             generated = keep_markers(generated.strip(), len(p.passages))
             sentences = generated_sentences(generated)
             checked = check_sentences(sentences, p.passages, self.retriever.embedder, *self.support)
-            if not self.check:
-                checked = [replace(c, supported=True) for c in checked]
         evidence = evidence_text(p.evidence) or NO_EVIDENCE
-        model = " ".join(c.text for c in checked if c.supported)
+        model = " ".join(c.text for c in checked if c.supported or not self.check)
         text = {"extractive": evidence, "generate": model or evidence,
                 "both": f"{evidence}\n\n{model}".strip()}[self.answer]  # fmt: skip
         return Answer(p.question, self.answer, text, False, p.retrieval, p.passages, p.evidence, generated, checked,
-                      stats)  # fmt: skip
+                      stats, self.check)  # fmt: skip
 
     def ask(self, question: str) -> Answer:
         prepared = self.prepare(question)

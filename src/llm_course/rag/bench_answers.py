@@ -23,7 +23,7 @@ def score_answer(answer: Any, question: dict[str, Any]) -> dict[str, Any]:
     gold = [p.n for p in answer.passages if p.file.endswith(question["file"] or "\0")
             and p.heading == question["heading"]]  # fmt: skip
     marks = [n for n in cited(answer.text) if n in given] if not answer.abstained else []
-    shown = [c for c in answer.checked if c.supported]
+    shown = answer.shown_generated
     return {
         "id": question["id"], "abstained": answer.abstained, "answerable": question["answerable"],
         "keywords_found": [k for k in question["keywords"] if k.lower() in text],
