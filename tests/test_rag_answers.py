@@ -72,7 +72,7 @@ def test_windows_of_one_section_merge_in_reading_order_and_the_next_section_take
     assert merged.citation() == "n.md#long (lines 1-10)"
 
 
-def test_sentences_skip_code_headings_and_keep_table_rows_under_their_header():
+def test_sentences_skip_headings_and_keep_table_rows_under_their_header_and_code_lines():
     text = """Intro text, e.g. this one, stays whole. A second sentence follows it here.
 It wraps onto the next line of the file.
 
@@ -92,9 +92,11 @@ x = 1  # Code is never a sentence here.
         ("Intro text, e.g. this one, stays whole.", 1, 1),
         ("A second sentence follows it here.", 1, 1),
         ("It wraps onto the next line of the file.", 2, 2),
+        ("x = 1  # Code is never a sentence here.", 6, 6),  # a code line is a unit of its own, never joined
         ("A list item is a sentence of its own.", 9, 9),
         ("| setting | loss |\n| bf16-mixed | 0.31 |", 11, 13),
     ]
+    assert [s.start_line for s in sentences_of([passage(text)], tables=False, code=False)] == [1, 1, 2, 9]
 
 
 def test_evidence_is_the_best_sentence_and_deterministic(embedder):

@@ -1,13 +1,14 @@
 """Evidence first: the sentences of the given passages that best answer the question, verbatim, with their source.
 
-Sentences come from the passages' prose: fenced code, tables, headings and images are left out, a paragraph's
-wrapped lines are joined, and a list item is a sentence of its own. Each sentence keeps its passage number and
+Sentences come from the passages' prose (a paragraph's wrapped lines joined, a list item a sentence of its own;
+headings and images left out), and two kinds of lines count as sentences too: a table row, under its header, and a
+line of code. Each sentence keeps its passage number and
 its own line range. A sentence's score is its MiniLM cosine to the question, plus ``lexical_weight`` × its BM25
 score over the candidate sentences (scaled to [0, 1]), plus a prior for its passage (``passage_weight`` × the
 passage's cosine to the question, and ``first_bonus`` for passage [1]), or a cross-encoder's score when one is
 given; ties go to the earlier passage and line, so the choice is deterministic. The weights were chosen on the
 validation half of ``bench rag``'s questions (key words in the evidence: 0.60 for the cosine alone, 0.65 with BM25
-and the tables, 0.675 with the passage prior; notes/08).
+and the tables, 0.675 with the passage prior, 0.737 of the answered questions with code lines; notes/08).
 
 Sentence splitting is done here rather than by a library (pysbd, nltk's punkt): the notes are Markdown, and what
 counts is knowing fences, tables, list items and inline code, which those splitters do not.
@@ -123,13 +124,26 @@ def table_rows(lines: list[tuple[int, str]]) -> list[tuple[str, int, int]]:
     return out
 
 
-def sentences_of(passages: list[Passage], tables: bool = True) -> list[Sentence]:
-    """Every prose sentence of at least :data:`MIN_WORDS` words in the passages and, with ``tables``, every table
-    row under its header, in passage and reading order."""
+def code_lines(lines: list[tuple[int, str]]) -> list[tuple[str, int, int]]:
+    """``(line, its number, its number)`` of each line inside code fences that holds at least three words and is not
+    a comment: a command or a call is the answer to many questions ("which flag ...?")."""
+    out, fenced = [], False
+    for number, line in lines:
+        if FENCE.match(line):
+            fenced = not fenced
+        elif fenced and len(line.split()) >= 3 and not line.lstrip().startswith(("#", "//")):
+            out.append((line.strip(), number, number))
+    return out
+
+
+def sentences_of(passages: list[Passage], tables: bool = True, code: bool = True) -> list[Sentence]:
+    """Every prose sentence of at least :data:`MIN_WORDS` words in the passages, every table row under its header
+    (``tables``) and every code line of three words or more (``code``), in passage and reading order."""
     out = []
     for passage in passages:
         units = [u for paragraph in paragraphs(passage.lines) for u in split_sentences(paragraph)]
         units = [u for u in units if len(u[0].split()) >= MIN_WORDS] + (table_rows(passage.lines) if tables else [])
+        units += code_lines(passage.lines) if code else []
         out += [Sentence(passage.n, text, first, last, passage.anchor) for text, first, last in sorted(units,
                 key=lambda u: u[1:])]  # fmt: skip
     return out
@@ -155,7 +169,7 @@ def bm25_scores(question: str, texts: list[str]) -> np.ndarray:
 
 def select_evidence(question: str, passages: list[Passage], embedder: Any, max_sentences: int = 3,
                     lexical_weight: float = 0.25, passage_weight: float = 0.3, first_bonus: float = 0.2,
-                    keep_ratio: float = 0.5, tables: bool = True,
+                    keep_ratio: float = 0.5, tables: bool = True, code: bool = True,
                     cross_encoder: Any | None = None) -> list[Evidence]:  # fmt: skip
     """The 1 to ``max_sentences`` sentences of ``passages`` that best answer ``question``, best first.
 
@@ -173,9 +187,10 @@ def select_evidence(question: str, passages: list[Passage], embedder: Any, max_s
         first_bonus: added for sentences of passage [1], the best retrieved one.
         keep_ratio: a further sentence needs at least this share of the best score.
         tables: table rows (under their header) are candidates too.
+        code: code lines are candidates too.
         cross_encoder: a sentence-transformers ``CrossEncoder`` that scores (question, sentence) pairs instead.
     """
-    candidates = sentences_of(passages, tables)
+    candidates = sentences_of(passages, tables, code)
     if not candidates:
         return []
     texts = [s.text for s in candidates]

@@ -80,7 +80,8 @@ def notes_examples(chunks: list[Chunk], embedder: Any, rng: random.Random, size:
             continue
         for template in rng.sample(TEMPLATES, min(per_chunk, len(TEMPLATES))):
             question = template.format(topic=topic(chunk.heading))
-            evidence = select_evidence(question, [as_passage(chunk)], embedder, max_sentences=2, tables=False)
+            evidence = select_evidence(question, [as_passage(chunk)], embedder, max_sentences=2, tables=False,
+                                       code=False)  # fmt: skip
             if not evidence:
                 break
             others = [c for c in chunks if c.anchor != chunk.anchor]
