@@ -92,7 +92,7 @@ x = 1  # Code is never a sentence here.
         ("Intro text, e.g. this one, stays whole.", 1, 1),
         ("A second sentence follows it here.", 1, 1),
         ("It wraps onto the next line of the file.", 2, 2),
-        ("x = 1  # Code is never a sentence here.", 6, 6),  # a code line is a unit of its own, never joined
+        ("x = 1  # Code is never a sentence here.", 5, 5),  # a code line is a unit of its own, never joined
         ("A list item is a sentence of its own.", 9, 9),
         ("| setting | loss |\n| bf16-mixed | 0.31 |", 11, 13),
     ]
