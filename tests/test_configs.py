@@ -20,7 +20,22 @@ NEEDS_FILES: dict[str, str] = {
     "imdb": "tiny_text_args",
     "ag_news": "tiny_text_args",
     **dict.fromkeys(("sft_lora", "sft_qlora", "sft_gpt2"), "tiny_sft_args"),
+    "rag_lora": "tiny_rag_args",
 }
+
+
+@pytest.fixture
+def tiny_rag_args(tmp_path, tiny_llama):
+    """Grounded-answer records in the format ``rag raft-data`` writes (numbered passages, a cited answer), tiny."""
+    from conftest import write_jsonl
+    from llm_course.rag.raft import example
+
+    rows = [example(f"How many apples in box {i}?", [(f"n.md#box-{i}", f"Box {i} holds {i} apples."),
+                                                      (f"n.md#box-{i + 1}", f"Box {i + 1} holds {i + 1} apples.")],
+                    f"Box {i} holds {i} apples. [1]", source="notes", covered=True) for i in range(24)]  # fmt: skip
+    train, val = write_jsonl(tmp_path / "train.jsonl", rows[:16]), write_jsonl(tmp_path / "val.jsonl", rows[16:])
+    return [f"--model.init_args.model_name_or_path={tiny_llama}", f"--data.init_args.train_file={train}",
+            f"--data.init_args.val_file={val}", "--data.init_args.batch_size=4", "--data.init_args.eval_batch_size=4"]
 
 
 def run_line_configs(config) -> list[str]:
@@ -52,7 +67,7 @@ def test_config_parses(config, capsys):
 def test_config_runs_steps_and_test_with_checkpoints(config, tmp_path, request):
     """Two real training steps, a validation and the end-of-fit hooks, then ``test`` on the best checkpoint."""
     extra = request.getfixturevalue(NEEDS_FILES[config.stem]) if config.stem in NEEDS_FILES else []
-    if config.stem.startswith("sft"):
+    if config.stem.startswith(("sft", "rag_lora")):
         extra += ["--data.init_args.test_size=4"]
     configs = [a for c in run_line_configs(config) for a in ("--config", c)]
     trainer_cfg: dict = {}
@@ -70,7 +85,7 @@ def test_config_runs_steps_and_test_with_checkpoints(config, tmp_path, request):
     assert last["global_step"] == 2
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
     assert list(run.glob("events.out.tfevents.*")), "no TensorBoard events"
-    if config.stem.startswith("sft"):  # ExportBestWeights leaves these to the task's own on_fit_end
+    if config.stem.startswith(("sft", "rag_lora")):  # ExportBestWeights leaves these to the task's own on_fit_end
         assert (run / "adapter" / "adapter_config.json").is_file() and (run / "hf_model" / "config.json").is_file()
     elif config.stem in ("imdb", "ag_news"):
         assert (run / "hf_model" / "config.json").is_file()
