@@ -235,3 +235,11 @@ def constant_llama(tmp_path_factory) -> str:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    """The embedded MiniLM as a sentence-transformers model (Module 8's embedder), loaded once per session."""
+    from llm_course.rag.index import load_embedder
+
+    return load_embedder("minilm")

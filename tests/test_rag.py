@@ -9,7 +9,7 @@ from conftest import run_cli
 from llm_course.rag.answer import ABSTAIN, NotesQA
 from llm_course.rag.bench import abstention, choose_threshold, first_gold_rank, retrieval_metrics
 from llm_course.rag.chunks import Chunk, slug, split_file
-from llm_course.rag.index import RagIndex, load_embedder
+from llm_course.rag.index import RagIndex
 from llm_course.rag.retrieve import Retriever, reciprocal_rank_fusion
 
 NOTES = {
@@ -46,11 +46,6 @@ Aphids gather under tomato leaves; spray them off with water or release ladybird
 
 def words(text: str) -> int:
     return len(text.split())
-
-
-@pytest.fixture(scope="module")
-def embedder():
-    return load_embedder("minilm")
 
 
 @pytest.fixture

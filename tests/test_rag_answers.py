@@ -10,7 +10,7 @@ import pytest
 from llm_course.rag.answer import ABSTAIN, NotesQA
 from llm_course.rag.chunks import Chunk
 from llm_course.rag.evidence import select_evidence, sentences_of
-from llm_course.rag.index import RagIndex, load_embedder
+from llm_course.rag.index import RagIndex
 from llm_course.rag.passages import GAP, Passage, merge_hits
 from llm_course.rag.prompt import NOT_COVERED, cited, keep_markers
 from llm_course.rag.retrieve import Hit, Retriever
@@ -36,11 +36,6 @@ Knead the dough for ten minutes, let it rise for an hour, and bake it at 220 deg
 Tomatoes need deep watering twice a week; water the soil, not the leaves, early in the morning.
 """,
 }
-
-
-@pytest.fixture(scope="module")
-def embedder():
-    return load_embedder("minilm")
 
 
 @pytest.fixture
