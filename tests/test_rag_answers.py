@@ -67,6 +67,30 @@ def test_windows_of_one_section_merge_in_reading_order_and_the_next_section_take
     assert merged.citation() == "n.md#long (lines 1-10)"
 
 
+def test_a_gap_that_cuts_a_code_block_closes_and_reopens_its_fence():
+    lines = ["## Code", "Prose before the code block.", "```python", "a = 1", "b = 2", "c = 3", "```",
+             "Prose after the block."]  # fmt: skip
+    section = [Chunk("n.md", ["Code"], 1, 8, "\n".join(lines))]  # the section, as the index holds it
+    cut = [Hit(Chunk("n.md", ["Code"], first, last, "\n".join(lines[first - 1 : last])), 1.0, 0)
+           for first, last in ((1, 4), (6, 8))]  # fmt: skip
+    fenced = merge_hits(cut, 1, section)[0]
+    assert fenced.text.split("\n") == lines[:4] + ["```", GAP, "```"] + lines[5:]
+    assert [(s.text, s.kind) for s in sentences_of([fenced])] == [("Prose before the code block.", "prose"),
+            ("a = 1", "code"), ("c = 3", "code"), ("Prose after the block.", "prose")]  # fmt: skip
+    assert merge_hits(cut, 1)[0].text.split("\n") == lines[:4] + [GAP] + lines[5:]  # without the section: as is
+
+
+def test_code_lines_give_way_to_prose_that_answers_about_as_well(embedder):
+    text = (
+        "LoRA trains two small matrices and freezes the rest.\n\n```python\n"
+        "print(trainable_parameters(model), 'trainable parameters')\n```"
+    )
+    question = "How many trainable parameters does LoRA have?"
+    plain = select_evidence(question, [passage(text)], embedder, 1, code_penalty=0.0)
+    assert plain[0].sentence.kind == "code"  # the code line shares more words with the question
+    assert select_evidence(question, [passage(text)], embedder, 1)[0].sentence.kind == "prose"
+
+
 def test_sentences_skip_headings_and_keep_table_rows_under_their_header_and_code_lines():
     text = """Intro text, e.g. this one, stays whole. A second sentence follows it here.
 It wraps onto the next line of the file.
@@ -114,8 +138,10 @@ def test_markers_outside_the_given_passages_are_removed():
 def test_the_support_check_passes_a_restated_sentence_and_drops_an_invented_one(embedder):
     given = [passage("Gradient clipping rescales the gradients when their norm exceeds a limit, so one bad batch "
                      "cannot blow up the weights.")]  # fmt: skip
-    reply = ("Gradient clipping rescales the gradients when their norm exceeds a limit [1]. "
-             "It was invented by creating a new batch of images per layer, called batch normalization.")
+    reply = (
+        "Gradient clipping rescales the gradients when their norm exceeds a limit [1]. "
+        "It was invented by creating a new batch of images per layer, called batch normalization."
+    )
     sentences = generated_sentences(reply)
     assert len(sentences) == 2
     quoted, invented = check_sentences(sentences, given, embedder)

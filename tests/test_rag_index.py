@@ -255,6 +255,7 @@ def test_bm25_and_coverage_drop_the_same_stop_words():
     assert index.coverage("which tomatoes", chunks[:1]) == 1.0  # "which" counts in neither
     assert index.coverage("are these there", chunks) == 0.0  # nothing but stop words
     assert 0 < index.coverage("tomatoes beans", chunks[:1]) < 1
+    assert index.coverage("watered tomato", chunks[:1]) == 1.0  # compared by stem: "water", "tomatoes"
 
 
 def test_every_data_file_of_the_package_is_in_package_data():

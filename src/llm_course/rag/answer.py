@@ -23,7 +23,7 @@ ANSWER_MODES = ("extractive", "generate", "both")
 # Chosen by `llm-course bench rag` on the validation half of the evaluation set (notes/08).
 DEFAULT_ANSWER: AnswerMode = "extractive"
 ABSTAIN_ON = "coverage"
-DEFAULT_MIN_SCORE = 0.418
+DEFAULT_MIN_SCORE = 0.381
 POOL = 3  # hits retrieved per passage wanted: windows of one section merge, the next sections fill the places
 MIN_REPLY = 32  # tokens of answer to leave room for when the passages fill a small model's context
 ABSTAIN = "The course notes do not cover this question, so I will not guess."
@@ -94,8 +94,11 @@ class Answer:
         if self.generated is not None:
             shown = " ".join(self.shown_generated)
             title = "each sentence checked against the passages" if self.check else "NOT checked against the passages"
-            lines += ["", f"Model's answer ({title}):",
-                      f"  {shown}" if shown else "  (no sentence of it is supported by the passages: evidence only)"]
+            lines += [
+                "",
+                f"Model's answer ({title}):",
+                f"  {shown}" if shown else "  (no sentence of it is supported by the passages: evidence only)",
+            ]
             dropped = [c.text for c in self.checked if not c.supported]
             label = "not in the notes, dropped" if self.check else "not in the notes (shown: --check false)"
             lines += [f"  {label}: {d}" for d in dropped]
@@ -144,7 +147,7 @@ class NotesQA:
         """The retrieval, its hits merged into ``top_k`` passages, and whether to abstain (the support of those
         passages is below ``min_score``)."""
         retrieval = self.retriever.search(question, self.mode, self.top_k * POOL)
-        passages = merge_hits(retrieval.hits, self.top_k)
+        passages = merge_hits(retrieval.hits, self.top_k, self.retriever.index.chunks)
         chunks = [c for p in passages for c in p.chunks]
         retrieval = replace(retrieval, coverage=self.retriever.index.coverage(question, chunks))
         return retrieval, passages, retrieval.support(self.abstain_on) < self.min_score

@@ -125,7 +125,8 @@ def bench_rag(
             ranks = [first_gold_rank(f.hits, q) for f, q in zip(found, answerable, strict=True)]
             modes[mode][half] = retrieval_metrics(ranks) | {
                 "ms_median": round(statistics.median(f.ms for f in found), 2),
-                "misses_at_3": [q["id"] for q, r in zip(answerable, ranks, strict=True) if r is None or r > 3]}
+                "misses_at_3": [q["id"] for q, r in zip(answerable, ranks, strict=True) if r is None or r > 3],
+            }
         print(f"{mode:>6}: test {modes[mode]['test']}", file=sys.stderr)
     best = max(MODES, key=lambda m: (modes[m]["validation"]["recall@3"], modes[m]["validation"]["mrr@10"]))
     qa = NotesQA(retriever, None, best, 3, 0.0, answer="extractive")

@@ -41,6 +41,7 @@ class Sentence:
     start_line: int
     end_line: int
     anchor: str
+    kind: str = "prose"  # prose, table (a row under its header) or code (a line inside a fence)
 
     def citation(self) -> str:
         return f"{self.anchor} (lines {self.start_line}-{self.end_line})"
@@ -141,11 +142,12 @@ def sentences_of(passages: list[Passage], tables: bool = True, code: bool = True
     (``tables``) and every code line of three words or more (``code``), in passage and reading order."""
     out = []
     for passage in passages:
-        units = [u for paragraph in paragraphs(passage.lines) for u in split_sentences(paragraph)]
-        units = [u for u in units if len(u[0].split()) >= MIN_WORDS] + (table_rows(passage.lines) if tables else [])
-        units += code_lines(passage.lines) if code else []
-        out += [Sentence(passage.n, text, first, last, passage.anchor) for text, first, last in sorted(units,
-                key=lambda u: u[1:])]  # fmt: skip
+        prose = [u for paragraph in paragraphs(passage.lines) for u in split_sentences(paragraph)]
+        units = [(*u, "prose") for u in prose if len(u[0].split()) >= MIN_WORDS]
+        units += [(*u, "table") for u in table_rows(passage.lines)] if tables else []
+        units += [(*u, "code") for u in code_lines(passage.lines)] if code else []
+        out += [Sentence(passage.n, text, first, last, passage.anchor, kind)
+                for text, first, last, kind in sorted(units, key=lambda u: u[1:3])]  # fmt: skip
     return out
 
 
@@ -169,7 +171,7 @@ def bm25_scores(question: str, texts: list[str]) -> np.ndarray:
 
 def select_evidence(question: str, passages: list[Passage], embedder: Any, max_sentences: int = 3,
                     lexical_weight: float = 0.25, passage_weight: float = 0.3, first_bonus: float = 0.2,
-                    keep_ratio: float = 0.5, tables: bool = True, code: bool = True,
+                    keep_ratio: float = 0.5, tables: bool = True, code: bool = True, code_penalty: float = 0.1,
                     cross_encoder: Any | None = None) -> list[Evidence]:  # fmt: skip
     """The 1 to ``max_sentences`` sentences of ``passages`` that best answer ``question``, best first.
 
@@ -188,6 +190,7 @@ def select_evidence(question: str, passages: list[Passage], embedder: Any, max_s
         keep_ratio: a further sentence needs at least this share of the best score.
         tables: table rows (under their header) are candidates too.
         code: code lines are candidates too.
+        code_penalty: subtracted from a code line's score, so prose that answers about as well comes first.
         cross_encoder: a sentence-transformers ``CrossEncoder`` that scores (question, sentence) pairs instead.
     """
     candidates = sentences_of(passages, tables, code)
@@ -201,7 +204,8 @@ def select_evidence(question: str, passages: list[Passage], embedder: Any, max_s
                                   convert_to_numpy=True)  # fmt: skip
         cosines = vectors[1:] @ vectors[0]
         of_passage = dict(zip((p.n for p in passages), cosines[len(texts) :], strict=True))
-        prior = np.array([passage_weight * of_passage[c.n] + first_bonus * (c.n == passages[0].n) for c in candidates])
+        prior = np.array([passage_weight * of_passage[c.n] + first_bonus * (c.n == passages[0].n)
+                          - code_penalty * (c.kind == "code") for c in candidates])  # fmt: skip
         scores = cosines[: len(texts)] + lexical_weight * bm25_scores(question, texts) + prior
     order = sorted(range(len(candidates)), key=lambda i: (-round(float(scores[i]), 6), i))
     best = float(scores[order[0]])

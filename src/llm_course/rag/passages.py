@@ -7,8 +7,9 @@ prose and code once, in order, and the next-best section takes the freed place.
 """
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from llm_course.rag.chunks import Chunk
+from llm_course.rag.chunks import FENCE, Chunk
 from llm_course.rag.retrieve import Hit
 
 GAP = "[…]"  # stands for the lines between two retrieved windows of a section that do not touch
@@ -47,12 +48,37 @@ def chunk_lines(chunk: Chunk) -> list[tuple[int, str]]:
     return list(enumerate(chunk.text.split("\n"), start=chunk.start_line))
 
 
-def merge_hits(hits: list[Hit], limit: int) -> list[Passage]:
+def section_key(chunk: Chunk) -> tuple[str, str, tuple[str, ...]]:
+    return chunk.file, chunk.anchor, tuple(chunk.headings)
+
+
+def open_fences(chunks: list[Chunk]) -> dict[int, bool]:
+    """For each line of the section the ``chunks`` (all its windows) cover: is a code block open after it?"""
+    lines = dict(line for chunk in chunks for line in chunk_lines(chunk))
+    after, fenced = {}, False
+    for number in sorted(lines):
+        fenced ^= bool(FENCE.match(lines[number]))
+        after[number] = fenced
+    return after
+
+
+def without_empty_blocks(lines: list[Any]) -> list[Any]:
+    """``lines`` less each fence line directly followed by another (a passage that starts on a closing fence)."""
+    text = [line if isinstance(line, str) else line[1] for line in lines]
+    empty = {i for i in range(len(lines) - 1) if FENCE.match(text[i]) and FENCE.match(text[i + 1])}
+    return [line for i, line in enumerate(lines) if i not in empty and i - 1 not in empty]
+
+
+def merge_hits(hits: list[Hit], limit: int, sections: list[Chunk] | None = None) -> list[Passage]:
     """The first ``limit`` sections among ``hits`` (best first), each one passage: the union of its retrieved
-    windows' lines in file order, with :data:`GAP` where two windows do not touch."""
+    windows' lines in file order, with :data:`GAP` where two windows do not touch.
+
+    A window may start or end inside a code block; given ``sections`` (all the index's chunks), a fence line is
+    put back wherever the passage or a gap in it cuts a code block, so the model, and the evidence step, see code
+    as code (in ``lines`` it carries the number of the line next to it)."""
     groups: dict[tuple[str, str, tuple[str, ...]], list[Hit]] = {}
     for hit in hits:
-        key = (hit.chunk.file, hit.chunk.anchor, tuple(hit.chunk.headings))
+        key = section_key(hit.chunk)
         if key not in groups and len(groups) == limit:
             continue
         groups.setdefault(key, []).append(hit)
@@ -60,14 +86,28 @@ def merge_hits(hits: list[Hit], limit: int) -> list[Passage]:
     for n, members in enumerate(groups.values(), start=1):
         lines: dict[int, str] = {}
         for number, text in (line for hit in members for line in chunk_lines(hit.chunk)):
-            if len(text) > len(lines.get(number, "")):  # a window may hold only a piece of an over-long line
+            if number not in lines or len(text) > len(lines[number]):  # a window may hold a piece of a long line
                 lines[number] = text
         ordered = sorted(lines.items())
+        key = section_key(members[0].chunk)
+        fences = open_fences([c for c in sections if section_key(c) == key]) if sections is not None else {}
         parts: list[str] = []
+        kept: list[tuple[int, str]] = []  # the lines, with a blank one where a gap ends a paragraph
         for i, (number, text) in enumerate(ordered):
-            if i and number != ordered[i - 1][0] + 1:
-                parts.append(GAP)
+            before = ordered[i - 1][0] if i else None
+            if before is not None and number != before + 1:  # a gap: close, then reopen, a code block it cuts
+                close = fences.get(before, False)
+                parts += ["```"] * close + [GAP]
+                kept += [(before, "```")] * close + [(before, "")]
+            if (before is None or number != before + 1) and fences.get(number - 1, False):
+                parts.append("```")
+                kept.append((number, "```"))
             parts.append(text)
+            kept.append((number, text))
+        if fences.get(ordered[-1][0], False):
+            parts.append("```")
+            kept.append((ordered[-1][0], "```"))
+        ordered, parts = without_empty_blocks(kept), without_empty_blocks(parts)
         first = members[0].chunk
         passages.append(Passage(n, first.file, list(first.headings), first.anchor, ordered[0][0], ordered[-1][0],
                                 "\n".join(parts), members[0].score, ordered, [h.chunk for h in members]))  # fmt: skip

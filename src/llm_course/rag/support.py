@@ -15,7 +15,6 @@ dropped from the answer shown as the notes' word, and kept in the JSON, labelled
 import json
 import re
 from dataclasses import dataclass
-from functools import cache
 from importlib import resources
 from typing import Any
 
@@ -43,18 +42,10 @@ class Checked:
                 "overlap": round(self.overlap, 4), "cites": list(self.cites)}  # fmt: skip
 
 
-@cache
-def _stemmer() -> Any:
-    import Stemmer
-
-    return Stemmer.Stemmer("english")
-
-
 def content_stems(text: str) -> set[str]:
-    from llm_course.rag.index import STOPWORDS
+    from llm_course.rag.index import STOPWORDS, stems
 
-    words = [w for w in re.findall(r"[a-z0-9_]+", text.lower()) if w not in STOPWORDS and len(w) > 2]
-    return set(_stemmer().stemWords(words))
+    return stems([w for w in re.findall(r"[a-z0-9_]+", text.lower()) if w not in STOPWORDS and len(w) > 2])
 
 
 def overlap(sentence: str, passage_text: str) -> float:

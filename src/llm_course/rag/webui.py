@@ -46,8 +46,10 @@ def answer_markdown(answer: Answer) -> str:
     parts = [evidence_markdown(answer)]
     if answer.generated is not None:
         shown = " ".join(answer.shown_generated)
-        parts.append("**Model's answer** (each sentence checked against the passages)\n\n"
-                     + (shown or "_No sentence of the model's reply is supported by the passages: evidence only._"))
+        parts.append(
+            "**Model's answer** (each sentence checked against the passages)\n\n"
+            + (shown or "_No sentence of the model's reply is supported by the passages: evidence only._")
+        )
         dropped = [c.text for c in answer.checked if not c.supported]
         if dropped:
             items = "".join(f"<li><s>{html.escape(d)}</s></li>" for d in dropped)
