@@ -1,13 +1,18 @@
 """An OpenAI-compatible HTTP API over the generation engines: ``/v1/chat/completions``, ``/v1/models``, ``/health``.
 
-Any OpenAI client (the official ``openai`` package, LangChain, curl) talks to it unchanged. Bad input is answered
-with a 4xx in OpenAI's error shape ``{"error": {"message", "type", "param", "code"}}``, and the server keeps serving.
+Any OpenAI client (the official ``openai`` package, LangChain, curl) talks to it unchanged. Every error, bad input
+(4xx) or a failure of ours (500), is answered in OpenAI's error shape ``{"error": {"message", "type", "param",
+"code"}}``, never echoing the whole input, and the server keeps serving. :class:`~.guard.Guard` checks the Host, the
+API key and the body size before a route runs; a client that goes away (while its request waits or while it is
+answered, streaming or not) cancels its reply, which frees its place.
 """
 
+import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, nullcontext
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -16,9 +21,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.sse import format_sse_event
 from pydantic import BaseModel, Field
 
-from llm_course.inference.engine import Generation, GenerationEngine
+from llm_course.inference.engine import GenerationEngine
+from llm_course.inference.guard import Guard
+from llm_course.inference.request import Generation
 from llm_course.inference.sampling import InvalidRequest, SamplingParams
 from llm_course.inference.scheduler import QueueFull, Scheduler, pieces
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 
 class TextPart(BaseModel):
@@ -62,6 +71,12 @@ class UnknownModel(Exception):
     pass
 
 
+def clip(value: Any, limit: int = 120) -> str:
+    """``repr(value)``, cut to ``limit`` characters: an error message names the input, it does not echo it."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
 def error_response(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
                    code: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:  # fmt: skip
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
@@ -79,7 +94,7 @@ def install_error_handlers(app: FastAPI) -> None:
         if first.get("type") == "json_invalid":
             return error_response(400, f"the request body is not valid JSON: {first.get('msg')}", code="invalid_json")
         where = field_path(tuple(first.get("loc", ())))
-        return error_response(400, f"{where}: {first.get('msg')} (got {first.get('input')!r})", param=where)
+        return error_response(400, f"{where}: {first.get('msg')} (got {clip(first.get('input'))})", param=where)
 
     @app.exception_handler(InvalidRequest)
     async def invalid_request(request: Request, err: InvalidRequest) -> JSONResponse:
@@ -93,6 +108,18 @@ def install_error_handlers(app: FastAPI) -> None:
     async def queue_full(request: Request, err: QueueFull) -> JSONResponse:
         return error_response(429, str(err), kind="rate_limit_error", code="queue_full",
                               headers={"Retry-After": str(err.retry_after_s)})  # fmt: skip
+
+    async def http_error(request: Request, err: Exception) -> JSONResponse:  # Starlette's and FastAPI's HTTPException
+        status = getattr(err, "status_code", 500)
+        return error_response(status, str(getattr(err, "detail", err)), headers=getattr(err, "headers", None))
+
+    for status in (400, 404, 405):  # an unknown route or method, a body FastAPI cannot read
+        app.add_exception_handler(status, http_error)
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, err: Exception) -> JSONResponse:  # a bug: still OpenAI's shape
+        return error_response(500, f"the server failed: {type(err).__name__}: {clip(str(err), 300)}",
+                              kind="server_error")  # fmt: skip
 
 
 def sampling_params(body: ChatRequest, defaults: SamplingParams) -> SamplingParams:
@@ -108,22 +135,42 @@ def sampling_params(body: ChatRequest, defaults: SamplingParams) -> SamplingPara
     return SamplingParams(**(defaults.as_dict() | {k: v for k, v in given.items() if v is not None}))
 
 
-def build_app(engines: dict[str, GenerationEngine], scheduler: Scheduler, defaults: SamplingParams) -> FastAPI:
-    """The FastAPI app: ``engines`` by model id (the first is the default), one ``scheduler`` for all of them."""
+@asynccontextmanager
+async def cancelled_on_disconnect(receive: Receive, generation: Generation) -> AsyncIterator[None]:
+    """While the block runs, a disconnect of the client cancels ``generation`` (waiting: it leaves the queue;
+    running: it stops at the next decode step), so no reply is computed for nobody."""
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        generation.cancel()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        yield
+    finally:
+        watcher.cancel()
+
+
+def build_app(engines: dict[str, GenerationEngine], scheduler: Scheduler, defaults: SamplingParams,
+              api_key: str | None = None, max_body_bytes: int = 1_000_000,
+              allowed_hosts: set[str] | None = None) -> FastAPI:  # fmt: skip
+    """The FastAPI app: ``engines`` by model id (the first is the default), one ``scheduler`` for all of them;
+    ``api_key``, ``max_body_bytes`` and ``allowed_hosts`` go to :class:`~.guard.Guard`."""
     app = FastAPI(title="llm-course", description="OpenAI-compatible chat API of the course's generation engine")
     install_error_handlers(app)
+    app.add_middleware(Guard, api_key=api_key, max_body_bytes=max_body_bytes, allowed_hosts=allowed_hosts)
     created = int(time.time())
     app.state.engines, app.state.scheduler, app.state.defaults = engines, scheduler, defaults
 
     def engine_for(name: str) -> GenerationEngine:
         if name not in engines:
-            raise UnknownModel(f"model={name!r} is not served here; models: {', '.join(engines)} (GET /v1/models)")
+            raise UnknownModel(f"model={clip(name)} is not served here; models: {', '.join(engines)} (GET /v1/models)")
         return engines[name]
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        queue = {"waiting": scheduler.waiting, "running": scheduler.running, "queue_size": scheduler.queue_size}
-        return {"status": "ok", "models": list(engines), "queue": queue, "finished": dict(scheduler.finished)}
+        return {"status": "ok", "models": list(engines), **scheduler.snapshot()}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -131,16 +178,18 @@ def build_app(engines: dict[str, GenerationEngine], scheduler: Scheduler, defaul
         return {"object": "list", "data": data}
 
     @app.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(body: ChatRequest) -> JSONResponse | StreamingResponse:
+    async def chat_completions(body: ChatRequest, request: Request) -> JSONResponse | StreamingResponse:
         engine = engine_for(body.model)
         params = sampling_params(body, defaults)
         messages = [m.plain() for m in body.messages]
         generation = await scheduler.start(engine, messages, params)
         reply_id, now = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         if body.stream:
-            events = stream_events(generation, reply_id, now, body.model)
+            usage_chunk = body.stream_options is not None and body.stream_options.include_usage
+            events = stream_events(generation, reply_id, now, body.model, usage_chunk, request.receive)
             return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        text = "".join([p async for p in pieces(generation)])
+        async with cancelled_on_disconnect(request.receive, generation):
+            text = "".join([p async for p in pieces(generation)])
         choice = {"index": 0, "message": {"role": "assistant", "content": text},
                   "finish_reason": finish_reason(generation)}  # fmt: skip
         return JSONResponse({"id": reply_id, "object": "chat.completion", "created": now, "model": body.model,
@@ -160,22 +209,31 @@ def usage(generation: Generation) -> dict[str, int]:
             "total_tokens": s.prompt_tokens + s.completion_tokens}  # fmt: skip
 
 
-async def stream_events(generation: Generation, reply_id: str, created: int, model: str) -> AsyncIterator[bytes]:
-    """Server-sent events in OpenAI's streaming format: a role delta, content deltas, a last chunk with the
-    finish reason, the usage counts and the timings, then ``data: [DONE]``."""
+async def stream_events(generation: Generation, reply_id: str, created: int, model: str, include_usage: bool = False,
+                        receive: Receive | None = None) -> AsyncIterator[bytes]:  # fmt: skip
+    """Server-sent events in OpenAI's streaming format: a role delta, content deltas, a chunk with the finish reason
+    (and our ``timings``), with ``include_usage`` a last chunk with ``choices: []`` and the usage counts (every other
+    chunk then has ``usage: null``, as OpenAI sends), then ``data: [DONE]``."""
+    extra = {"usage": None} if include_usage else {}
 
-    def chunk(delta: dict[str, str], finish: str | None = None, **extra: Any) -> bytes:
+    def chunk(delta: dict[str, str], finish: str | None = None, **more: Any) -> bytes:
         data = {"id": reply_id, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}  # fmt: skip
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra, **more}  # fmt: skip
         return format_sse_event(data_str=json.dumps(data))
 
-    yield chunk({"role": "assistant", "content": ""})
-    try:
-        async for piece in pieces(generation):
-            yield chunk({"content": piece})
-    except Exception as err:  # the status line is sent already: report in the stream, as OpenAI does
-        error = {"error": {"message": f"generation failed: {err}", "type": "server_error", "param": None, "code": None}}
-        yield format_sse_event(data_str=json.dumps(error))
-    else:
-        yield chunk({}, finish_reason(generation), usage=usage(generation), timings=generation.stats.as_dict())
-    yield format_sse_event(data_str="[DONE]")
+    async with cancelled_on_disconnect(receive, generation) if receive else nullcontext():
+        yield chunk({"role": "assistant", "content": ""})
+        try:
+            async for piece in pieces(generation):
+                yield chunk({"content": piece})
+        except Exception as err:  # the status line is sent already: report in the stream, as OpenAI does
+            error = {"error": {"message": f"generation failed: {type(err).__name__}: {clip(str(err), 300)}",
+                               "type": "server_error", "param": None, "code": None}}  # fmt: skip
+            yield format_sse_event(data_str=json.dumps(error))
+        else:
+            yield chunk({}, finish_reason(generation), timings=generation.stats.as_dict())
+            if include_usage:
+                data = {"id": reply_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                        "choices": [], "usage": usage(generation)}  # fmt: skip
+                yield format_sse_event(data_str=json.dumps(data))
+        yield format_sse_event(data_str="[DONE]")

@@ -6,166 +6,26 @@ merged folder and every weight format load the way training saved them.
 """
 
 import threading
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
 from llm_course.errors import ConfigError
-from llm_course.inference.sampling import InvalidRequest, SamplingParams, StopScanner
-from llm_course.memory import current_mb, peak_mb, reset_peak
+from llm_course.inference.loading import WEIGHT_FORMATS  # noqa: F401  (re-exported: serve checks against it)
+from llm_course.inference.request import Generation, ReplyStats
+from llm_course.inference.sampling import InvalidRequest, SamplingParams
 
-Weights = Literal["fp32", "bf16", "int8", "nf4"]
-# weight format → (Module 6's quantization, dtype of the unquantized layers)
-WEIGHT_FORMATS: dict[str, tuple[str, str]] = {
-    "fp32": ("none", "float32"),
-    "bf16": ("none", "bfloat16"),
-    "int8": ("int8", "float32"),
-    "nf4": ("nf4", "float32"),
-}
-
-
-@dataclass
-class ReplyStats:
-    """What one reply cost. Times in seconds; memory in MiB (process RSS; CUDA allocated and peak on a GPU)."""
-
-    prompt_tokens: int
-    completion_tokens: int = 0
-    time_to_first_token_s: float | None = None
-    decode_tokens_per_s: float | None = None
-    latency_s: float = 0.0
-    rss_mb: float = 0.0
-    cuda_allocated_mb: float | None = None
-    cuda_peak_mb: float | None = None
-    finish_reason: str = "stop"  # stop (end of turn or a stop string), length (max_new_tokens), cancelled
-
-    def as_dict(self) -> dict[str, Any]:
-        return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
-
-    def line(self) -> str:
-        """One human-readable line: first token, tokens/s, latency, memory."""
-        ttft = "n/a" if self.time_to_first_token_s is None else f"{self.time_to_first_token_s:.2f} s"
-        speed = "n/a" if self.decode_tokens_per_s is None else f"{self.decode_tokens_per_s:.1f} tokens/s"
-        memory = f"{self.rss_mb:,.0f} MiB RSS"
-        if self.cuda_peak_mb is not None:
-            memory += f", CUDA {self.cuda_allocated_mb:,.0f} MiB allocated / {self.cuda_peak_mb:,.0f} MiB peak"
-        return (f"first token {ttft} · {speed} · {self.completion_tokens} tokens in {self.latency_s:.2f} s · "
-                f"{memory} · {self.finish_reason}")  # fmt: skip
-
-
-class _Cancelled:
-    """A stopping criterion that ends generation once ``event`` is set (a Ctrl-C, a client gone)."""
-
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
-class Generation:
-    """One reply being generated in a background thread; iterate it for text pieces, then read ``stats``.
-
-    ``cancel()`` stops it at the next token. ``on_done`` (if given) is called from the generating thread when the
-    model is free again, also after a cancel or an error.
-    """
-
-    def __init__(self, engine: "GenerationEngine", prompt_ids: list[int], params: SamplingParams,
-                 on_done: Callable[["Generation"], None] | None = None) -> None:  # fmt: skip
-        from transformers import StoppingCriteriaList, TextIteratorStreamer
-
-        self.engine, self.params, self.on_done = engine, params, on_done
-        self.stats = ReplyStats(prompt_tokens=len(prompt_ids))
-        self.text, self.error = "", None
-        self._cancel, self._times = threading.Event(), []
-        self._scanner = StopScanner(params.stop)
-        streamer = TextIteratorStreamer(engine.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        put = streamer.put
-
-        def timed_put(value: torch.Tensor) -> None:  # every new token passes here: the clock for the stats
-            if not streamer.next_tokens_are_prompt:
-                self._times.append(time.perf_counter())
-            put(value)
-
-        streamer.put = timed_put
-        self._streamer = streamer
-        self._kwargs = {
-            "input_ids": torch.tensor([prompt_ids], device=engine.device),
-            "attention_mask": torch.ones(1, len(prompt_ids), dtype=torch.long, device=engine.device),
-            "streamer": streamer,
-            "stopping_criteria": StoppingCriteriaList([_Cancelled(self._cancel)]),
-            "pad_token_id": engine.tokenizer.pad_token_id,
-            **params.generate_kwargs(),
-        }
-        if params.stop:
-            self._kwargs |= {"stop_strings": params.stop, "tokenizer": engine.tokenizer}
-        self._start = time.perf_counter()
-        self._thread = threading.Thread(target=self._run, name="generation", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        device = self.engine.device
-        try:
-            with self.engine.lock, torch.inference_mode():
-                reset_peak(device)
-                if self.params.seed is not None:
-                    torch.manual_seed(self.params.seed)
-                self.engine.model.generate(**self._kwargs)
-        except BaseException as err:  # shown to the reader of the stream, not lost in a thread
-            self.error = err
-            self._streamer.end()
-        finally:
-            self._finish(device)
-            if self.on_done is not None:
-                self.on_done(self)
-
-    def _finish(self, device: torch.device) -> None:
-        s, times = self.stats, self._times
-        s.latency_s = time.perf_counter() - self._start
-        s.completion_tokens = len(times)
-        if times:
-            s.time_to_first_token_s = times[0] - self._start
-        if len(times) > 1:
-            s.decode_tokens_per_s = (len(times) - 1) / (times[-1] - times[0])
-        s.rss_mb = current_mb("cpu")
-        if device.type == "cuda":
-            s.cuda_allocated_mb, s.cuda_peak_mb = current_mb(device), peak_mb(device)
-        if self._cancel.is_set():
-            s.finish_reason = "cancelled"
-        elif len(times) >= self.params.max_new_tokens and not self._scanner.stopped:
-            s.finish_reason = "length"
-
-    def __iter__(self) -> Iterator[str]:
-        for piece in self._streamer:
-            shown = self._scanner.feed(piece)
-            self.text += shown
-            if shown:
-                yield shown
-        self._thread.join()
-        if self.error is not None:
-            raise self.error
-        rest = self._scanner.flush()
-        self.text += rest
-        if rest:
-            yield rest
-
-    def cancel(self) -> None:
-        self._cancel.set()
-
-    def wait(self) -> str:
-        """Consume the rest of the stream and return the whole reply."""
-        for _ in self:
-            pass
-        return self.text
+Weights = Literal["fp32", "bf16", "fp16", "int8", "nf4"]  # the keys of WEIGHT_FORMATS
 
 
 class GenerationEngine:
     """A causal LM with its tokenizer and chat template, ready to stream replies.
 
-    Generation runs one reply at a time (``lock``): on a CPU the cores are better spent on one reply than shared.
+    ``stream`` decodes one reply on its own (the terminal commands); the server's
+    :class:`~llm_course.inference.scheduler.Scheduler` instead decodes the replies that overlap in time in one batch
+    (:mod:`~llm_course.inference.batching`), which on a CPU too gives far more tokens/s in all: each decode step reads
+    the weights once, for every row of the batch (notes/07). ``lock`` keeps the two from computing on the model at once.
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, name: str = "model", weights: str = "fp32") -> None:
@@ -175,6 +35,9 @@ class GenerationEngine:
         config = model.config
         limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
         self.context_length = int(limit or tokenizer.model_max_length)
+        eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)  # what ``generate`` stops on
+        eos = tokenizer.eos_token_id if eos is None else eos
+        self.eos_ids = {i for i in (eos if isinstance(eos, list) else [eos]) if i is not None}
 
     @classmethod
     def load(
@@ -214,14 +77,28 @@ class GenerationEngine:
             raise InvalidRequest(str(err), param="messages") from err
         return encode(self.tokenizer, text)
 
-    def stream(self, messages: list[dict[str, str]], params: SamplingParams,
-               on_done: Callable[[Generation], None] | None = None) -> Generation:  # fmt: skip
-        """Start a reply to ``messages`` (checked first: :class:`~llm_course.inference.sampling.InvalidRequest`)."""
-        return Generation(self, self.check(messages, params), params, on_done)
+    def stream(self, messages: list[dict[str, str]], params: SamplingParams) -> Generation:
+        """Start a reply to ``messages`` (checked first: :class:`~llm_course.inference.sampling.InvalidRequest`),
+        decoded on its own in a background thread; iterate the result for its text pieces."""
+        from llm_course.inference.batching import decode_alone
 
-    def check(self, messages: list[dict[str, str]], params: SamplingParams) -> list[int]:
-        """The prompt's token ids, after checking that ``params`` are allowed and the reply fits the context."""
+        generation = Generation(self, self.check(messages, params), params)
+        threading.Thread(target=decode_alone, args=(generation,), name="generation", daemon=True).start()
+        return generation
+
+    def check(self, messages: list[dict[str, str]], params: SamplingParams,
+              max_prompt_tokens: int | None = None) -> list[int]:  # fmt: skip
+        """The prompt's token ids, after checking that ``params`` are allowed and the reply fits the context (and,
+        if given, that the prompt has at most ``max_prompt_tokens``). Tokenizes: the server calls it off its event
+        loop, once per request."""
         ids = self.prompt_ids(messages)
+        if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
+            raise InvalidRequest(
+                f"the prompt is {len(ids)} tokens, over this server's limit of {max_prompt_tokens} "
+                "(--max_prompt_tokens): shorten the messages",
+                param="messages",
+                code="context_length_exceeded",
+            )
         params.check(len(ids), self.context_length)
         return ids
 

@@ -1,7 +1,8 @@
 """A load generator for an OpenAI-compatible server: N concurrent streaming clients, timed from the client side.
 
-Each client sends its requests one after another with ``stream: true`` and times the first content chunk (time to
-first token as the user sees it), the last one, and the token count the server reports in ``usage``.
+Each client sends its requests one after another with ``stream: true`` (and ``stream_options.include_usage``) and
+times the first content chunk (time to first token as the user sees it), the last one, and the token count the server
+reports in its usage chunk.
 """
 
 import asyncio
@@ -30,7 +31,8 @@ async def stream_request(client: Any, url: str, body: dict[str, Any]) -> Request
     usage: dict[str, int] = {}
     timings: dict[str, Any] = {}
     try:
-        async with client.stream("POST", f"{url}/v1/chat/completions", json=body | {"stream": True}) as response:
+        body = body | {"stream": True, "stream_options": {"include_usage": True}}
+        async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
             if response.status_code != 200:
                 text = (await response.aread()).decode(errors="replace")
                 return RequestResult(response.status_code, latency_s=time.perf_counter() - start, error=text[:300])
@@ -53,7 +55,7 @@ async def stream_request(client: Any, url: str, body: dict[str, Any]) -> Request
         return RequestResult(0, latency_s=time.perf_counter() - start, error=f"{type(err).__name__}: {err}")
     tokens = usage.get("completion_tokens", 0)
     result = RequestResult(200, latency_s=time.perf_counter() - start, completion_tokens=tokens,
-                           server_decode_tokens_per_s=timings.get("decode_tokens_per_s"))
+                           server_decode_tokens_per_s=timings.get("decode_tokens_per_s"))  # fmt: skip
     if not done:
         result.error = "the stream ended without [DONE]"
     if first is not None:
@@ -92,8 +94,10 @@ def summarize(results: list[RequestResult], wall_s: float, clients: int) -> dict
     }
 
 
-async def run_level(url: str, bodies: list[dict[str, Any]], clients: int, timeout_s: float = 900) -> dict[str, Any]:
-    """``clients`` concurrent clients share ``bodies`` round-robin, each sending its share one after another."""
+async def run_level(url: str, bodies: list[dict[str, Any]], clients: int, timeout_s: float = 900,
+                    api_key: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """``clients`` concurrent clients share ``bodies`` round-robin, each sending its share one after another.
+    ``completion_tokens_per_s_total`` is the aggregate decode rate: every reply's tokens over the wall time."""
     import httpx
 
     shares = [bodies[i::clients] for i in range(clients)]
@@ -102,7 +106,8 @@ async def run_level(url: str, bodies: list[dict[str, Any]], clients: int, timeou
         return [await stream_request(client, url, body) for body in share]
 
     limits = httpx.Limits(max_connections=clients + 4)
-    async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+    async with httpx.AsyncClient(timeout=timeout_s, limits=limits, headers=headers) as client:
         start = time.perf_counter()
         per_client = await asyncio.gather(*(client_loop(client, share) for share in shares))
         wall = time.perf_counter() - start

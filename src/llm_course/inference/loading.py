@@ -9,6 +9,15 @@ import torch
 from llm_course.errors import ConfigError, MissingFileError
 
 ADAPTER_CONFIG = "adapter_config.json"
+# weight format → (Module 6's quantization, dtype of the unquantized layers): what GenerationEngine.load accepts.
+# fp16 is a GPU format (a CPU has no fp16 matrix units); int8/nf4 layers compute in bf16.
+WEIGHT_FORMATS: dict[str, tuple[str, str]] = {
+    "fp32": ("none", "float32"),
+    "bf16": ("none", "bfloat16"),
+    "fp16": ("none", "float16"),
+    "int8": ("int8", "float32"),
+    "nf4": ("nf4", "float32"),
+}
 
 
 def pick_device(device: str) -> torch.device:
@@ -48,7 +57,6 @@ def load_model(
     ``load_base_as_trained``: dequantized NF4 after QLoRA), so the merged model computes what training computed.
     int8/nf4: the adapter stays a separate LoRA layer on the quantized base, as in QLoRA training.
     """
-    from llm_course.inference.engine import WEIGHT_FORMATS
     from llm_course.sft.lora import load_base_as_trained, load_causal_lm, read_base_record
     from llm_course.sft.prompts import load_tokenizer
 
@@ -79,7 +87,6 @@ def _with_adapter(net: torch.nn.Module, adapter: str) -> Any:
 
     adapter_base(adapter)  # a clear error for a folder that is not an adapter
     return PeftModel.from_pretrained(net, adapter)
-
 
 
 def fused_4bit_kernel_where_it_fits(net: torch.nn.Module) -> torch.nn.Module:

@@ -9,6 +9,8 @@ from typing import Any
 
 from llm_course.errors import ConfigError
 
+MAX_STOP = 4  # stop strings per request, OpenAI's limit
+
 
 class InvalidRequest(ConfigError):
     """A generation request asks for something not allowed; ``param`` names the field (the API's error shape)."""
@@ -61,6 +63,9 @@ class SamplingParams:
                 f"max_new_tokens={self.max_new_tokens} must be in 1..{context_length} (the model's context length)",
                 param="max_tokens",
             )
+        if len(self.stop) > MAX_STOP:
+            raise InvalidRequest(f"stop has {len(self.stop)} strings; at most {MAX_STOP} are allowed (as in OpenAI's "
+                                 "API)", param="stop")  # fmt: skip
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise InvalidRequest(f"stop={self.stop!r}: each stop string must be a non-empty string", param="stop")
         if prompt_tokens >= context_length:

@@ -1,6 +1,7 @@
 """``llm-course serve``: one process, one FastAPI app: the OpenAI-compatible API and the Gradio page."""
 
-import ipaddress
+import hmac
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -8,8 +9,9 @@ from typing import Any
 
 from llm_course.errors import ConfigError
 from llm_course.inference.engine import WEIGHT_FORMATS, GenerationEngine, Weights
+from llm_course.inference.guard import host_names, is_loopback
 from llm_course.inference.sampling import SamplingParams
-from llm_course.inference.scheduler import Scheduler
+from llm_course.inference.scheduler import MAX_BATCH_SIZE, MAX_BATCH_TOKENS, Limits, Scheduler, at_least
 
 
 def variant_id(model: str, weights: str, adapter: str | None) -> str:
@@ -39,24 +41,35 @@ def load_variants(
     return engines
 
 
-def check_host(host: str) -> None:
-    """Warn when ``host`` is not a loopback address: the server then answers anyone who can reach this machine."""
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        print(f"warning: --host {host} exposes the server (and the model) beyond this machine, with no "
-              "authentication; use 127.0.0.1 unless you mean it", file=sys.stderr)  # fmt: skip
+def check_host(host: str, api_key: str | None = None, allow_unauthenticated: bool = False) -> None:
+    """Refuse to bind a non-loopback ``host`` without an API key (anyone who can reach this machine could use the
+    model) unless ``allow_unauthenticated``; then only warn.
+
+    Raises:
+        ConfigError: ``host`` is not a loopback address, there is no key, and no explicit opt-out.
+    """
+    if is_loopback(host) or api_key:
+        return
+    if not allow_unauthenticated:
+        raise ConfigError(f"--host={host} exposes the server beyond this machine with no API key: set --api_key (or "
+                          "the LLM_COURSE_API_KEY environment variable), bind --host=127.0.0.1, or pass "
+                          "--allow_unauthenticated=true if anyone who can reach it may use it")  # fmt: skip
+    print(f"warning: --host {host} exposes the server (and the model) beyond this machine, with no "
+          "authentication (--allow_unauthenticated)", file=sys.stderr)  # fmt: skip
 
 
 def build_server(engines: dict[str, GenerationEngine], scheduler: Scheduler, defaults: SamplingParams,
-                 ui: bool = True, notes_qa: Any | None = None) -> Any:  # fmt: skip
+                 ui: bool = True, notes_qa: Any | None = None, api_key: str | None = None,
+                 max_body_bytes: int = 1_000_000, allowed_hosts: set[str] | None = None) -> Any:  # fmt: skip
     """The FastAPI app with the API routes and, if ``ui``, the Gradio page mounted at ``/``; with ``notes_qa`` (a
-    :class:`~llm_course.rag.answer.NotesQA`), the page's "Ask the course notes" tab and the cited files."""
+    :class:`~llm_course.rag.answer.NotesQA`), the page's "Ask the course notes" tab and the cited files.
+
+    With ``api_key``, ``/v1`` needs it as a Bearer token and the page asks for it at a login form (any user name,
+    the key as the password), so the page is no way around the key. ``allowed_hosts``: the Host names answered
+    (:func:`~llm_course.inference.guard.host_names`; ``None``: any)."""
     from llm_course.inference.api import build_app
 
-    app = build_app(engines, scheduler, defaults)
+    app = build_app(engines, scheduler, defaults, api_key, max_body_bytes, allowed_hosts)
     extra_tabs: list[Callable[[], None]] = []
     if notes_qa is not None:
         from llm_course.rag.webui import add_source_route, notes_tab
@@ -68,8 +81,12 @@ def build_server(engines: dict[str, GenerationEngine], scheduler: Scheduler, def
 
         from llm_course.inference.webui import THEME, build_ui
 
+        login: dict[str, Any] = {}
+        if api_key:
+            login = {"auth": lambda _user, password: hmac.compare_digest(password.encode(), api_key.encode()),
+                     "auth_message": "This server has an API key: any user name, the key as the password."}  # fmt: skip
         demo = build_ui(engines, scheduler, defaults, extra_tabs)
-        app = gr.mount_gradio_app(app, demo, path="/", theme=THEME, ssr_mode=False, footer_links=[])
+        app = gr.mount_gradio_app(app, demo, path="/", theme=THEME, ssr_mode=False, footer_links=[], **login)
     return app
 
 
@@ -81,7 +98,16 @@ def serve(
     compare_adapter: str | None = None,
     host: str = "127.0.0.1",
     port: int = 8000,
+    api_key: str | None = None,
+    allow_unauthenticated: bool = False,
+    allowed_hosts: list[str] | None = None,
     queue_size: int = 64,
+    max_batch_size: int = MAX_BATCH_SIZE,
+    max_batch_tokens: int = MAX_BATCH_TOKENS,
+    max_body_bytes: int = 1_000_000,
+    max_messages: int = 256,
+    max_prompt_chars: int = 200_000,
+    max_prompt_tokens: int | None = None,
     ui: bool = True,
     temperature: float = 0.7,
     top_k: int = 50,
@@ -106,9 +132,21 @@ def serve(
         compare_weights: more weight formats of the same model to serve beside it (e.g. [nf4]), for the
             page's compare mode and as extra API models.
         compare_adapter: also serve --model with this LoRA adapter (base vs tuned in compare mode).
-        host: address to bind; 127.0.0.1 keeps the server on this machine (anything else prints a warning).
+        host: address to bind; 127.0.0.1 keeps the server on this machine. Any other address needs --api_key
+            (or --allow_unauthenticated=true).
         port: TCP port.
-        queue_size: requests that may wait for the model; one more gets HTTP 429 with Retry-After.
+        api_key: the key clients send as ``Authorization: Bearer KEY`` (the page asks for it too); default: the
+            LLM_COURSE_API_KEY environment variable (better: a command line is visible to every user of the machine).
+        allow_unauthenticated: serve a non-loopback --host without a key (anyone who reaches it may use it).
+        allowed_hosts: more Host names to answer (e.g. the name a proxy forwards); a loopback server answers only
+            loopback names (DNS rebinding), a 0.0.0.0 server any name unless this is given.
+        queue_size: requests that may wait beyond the free batch slots; one more gets HTTP 429 with Retry-After.
+        max_batch_size: replies decoding together in one batch (1 = one at a time).
+        max_batch_tokens: cache positions (rows × tokens) a batch may hold: bounds the KV cache's memory.
+        max_body_bytes: the largest request body (413 beyond).
+        max_messages: messages per request.
+        max_prompt_chars: characters per request, all messages together (checked before tokenizing).
+        max_prompt_tokens: tokens per rendered prompt (None: the model's context length).
         ui: serve the Gradio page (false: the API only).
         temperature: default when a request sets none.
         top_k: default when a request sets none.
@@ -127,9 +165,11 @@ def serve(
     """
     import uvicorn
 
-    if queue_size < 0:
-        raise ConfigError(f"--queue_size={queue_size} must be >= 0")
-    check_host(host)
+    api_key = api_key or os.environ.get("LLM_COURSE_API_KEY") or None
+    check_host(host, api_key, allow_unauthenticated)
+    at_least(1, max_body_bytes=max_body_bytes)
+    limits = Limits(max_messages, max_prompt_chars, max_prompt_tokens)
+    scheduler = Scheduler(queue_size, max_batch_size, max_batch_tokens=max_batch_tokens, limits=limits)
     defaults = SamplingParams(temperature, top_k, top_p, repetition_penalty, max_new_tokens)
     defaults.check(0, 1 << 30)
     engines = load_variants(model, adapter, weights, compare_weights or [], compare_adapter, device,
@@ -147,6 +187,7 @@ def serve(
 
             notes_engine = GenerationEngine.load(model, notes_adapter, weights, device, trust_remote_code)
         notes_qa = NotesQA(Retriever(built, embedder), notes_engine, answer=notes_answer)
-    app = build_server(engines, Scheduler(queue_size), defaults, ui, notes_qa)
+    app = build_server(engines, scheduler, defaults, ui, notes_qa, api_key, max_body_bytes,
+                       host_names(host, allowed_hosts or []))  # fmt: skip
     print(f"serving {', '.join(engines)} at http://{host}:{port}/ (API: http://{host}:{port}/v1)", file=sys.stderr)
     uvicorn.run(app, host=host, port=port, log_level="warning")

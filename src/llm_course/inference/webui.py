@@ -1,9 +1,11 @@
 """The Gradio page of ``llm-course serve``: a streaming chat and a side-by-side compare of two loaded variants.
 
-Under each reply: time to first token, decode tokens/s, latency and memory. The handlers go through the same
-:class:`~llm_course.inference.scheduler.Scheduler` as the HTTP API, so the page and the API share one queue.
+Under each reply: time to first token, decode tokens/s, latency and memory. The handlers submit to the same
+:class:`~llm_course.inference.scheduler.Scheduler` as the HTTP API, so the page and the API share one queue and one
+batch; Gradio's own queue lets every event through at once (``concurrency_limit=None``) and the scheduler decides.
 """
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -71,6 +73,37 @@ async def stream_reply(scheduler: Scheduler, engine: GenerationEngine, messages:
     yield generation.text, generation.stats
 
 
+async def interleave(streams: list[AsyncIterator[Any]]) -> AsyncIterator[tuple[int, Any]]:
+    """``(index, item)`` from several async iterators as their items come (compare mode reads both replies at
+    once); the first error is raised, and leaving early closes them all."""
+    queue: asyncio.Queue[tuple[int, Any, BaseException | None, bool]] = asyncio.Queue()
+
+    async def pump(i: int, stream: AsyncIterator[Any]) -> None:
+        try:
+            async for item in stream:
+                await queue.put((i, item, None, False))
+        except Exception as err:
+            await queue.put((i, None, err, True))
+        else:
+            await queue.put((i, None, None, True))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        left = len(tasks)
+        while left:
+            i, item, error, finished = await queue.get()
+            if error is not None:
+                raise error
+            if finished:
+                left -= 1
+            else:
+                yield i, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def build_ui(
     engines: dict[str, GenerationEngine],
     scheduler: Scheduler,
@@ -94,7 +127,7 @@ def build_ui(
                 send = gr.Button("Send", variant="primary", elem_id="chat-send")
                 clear = gr.Button("Clear")
         with gr.Tab("Compare"):
-            gr.Markdown("One prompt, two variants (e.g. fp32 vs nf4, or base vs LoRA adapter), one after the other.")
+            gr.Markdown("One prompt, two variants (e.g. fp32 vs nf4, or base vs LoRA adapter), answered at once.")
             prompt = gr.Textbox(placeholder="A prompt for both", show_label=False, elem_id="compare-input")
             run = gr.Button("Compare", variant="primary", elem_id="compare-send")
             outputs = []
@@ -121,16 +154,19 @@ def build_ui(
         async def compare(text: str, name_a: str, name_b: str, *settings: Any) -> AsyncIterator:
             messages = [{"role": "user", "content": text}]
             shown = ["", "", "", ""]  # reply A, stats A, reply B, stats B
-            for i, name in enumerate((name_a, name_b)):
-                async for reply, reply_stats in stream_reply(scheduler, engines[name], messages, params_of(*settings)):
-                    shown[2 * i] = reply
-                    shown[2 * i + 1] = stats_markdown(name, engines[name], reply_stats)
-                    yield tuple(shown)
+            names = (name_a, name_b)
+            streams = [stream_reply(scheduler, engines[n], messages, params_of(*settings)) for n in names]
+            async for i, (reply, reply_stats) in interleave(streams):  # both submitted: they batch (or take turns)
+                shown[2 * i] = reply
+                shown[2 * i + 1] = stats_markdown(names[i], engines[names[i]], reply_stats)
+                yield tuple(shown)
 
         chat_inputs = [message, chatbot, model, *controls]
-        message.submit(respond, chat_inputs, [message, chatbot, stats])
-        send.click(respond, chat_inputs, [message, chatbot, stats])
+        unlimited = {"concurrency_limit": None}  # the scheduler bounds the work, not Gradio's queue
+        message.submit(respond, chat_inputs, [message, chatbot, stats], **unlimited)
+        send.click(respond, chat_inputs, [message, chatbot, stats], **unlimited)
         clear.click(lambda: ([], ""), None, [chatbot, stats])
         side_a, side_b = outputs[0], outputs[3]
-        run.click(compare, [prompt, side_a, side_b, *controls], [outputs[1], outputs[2], outputs[4], outputs[5]])
+        run.click(compare, [prompt, side_a, side_b, *controls], [outputs[1], outputs[2], outputs[4], outputs[5]],
+                  **unlimited)  # fmt: skip
     return demo
