@@ -1,9 +1,16 @@
-"""Module 7: the Gradio page of ``serve`` in a real headless Chromium (Debian's chromium + chromedriver)."""
+"""Module 7: the Gradio page of ``serve`` in a real headless Chromium (Debian's chromium + chromedriver).
+
+Without the browser, its driver or Selenium these tests skip, naming what is missing and the fix (never fail)."""
+
+import os
+import subprocess
+import sys
 
 import pytest
 
+from conftest import ROOT
 from helpers.serving import running_server
-from llm_course.browser import chromium
+from llm_course.browser import chromium, missing
 from llm_course.inference import GenerationEngine, SamplingParams, page
 from llm_course.inference.scheduler import Scheduler
 from llm_course.inference.serve import build_server
@@ -21,7 +28,15 @@ Knead the dough for ten minutes, let it rise for an hour and bake it at 220 degr
 
 
 @pytest.fixture(scope="module")
-def server(constant_llama, tiny_llama, tmp_path_factory):
+def needs_chromium():
+    """Skip where Chromium cannot start, before the server is built (the server's first fixture)."""
+    reason = missing()
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def server(needs_chromium, constant_llama, tiny_llama, tmp_path_factory):
     from llm_course.rag.answer import NotesQA
     from llm_course.rag.index import RagIndex, load_embedder
     from llm_course.rag.retrieve import Retriever
@@ -73,3 +88,14 @@ def test_ask_the_notes_tab_answers_with_sources_and_abstains(server, tmp_path):
     assert httpx.get(f"{server}/source/etc/passwd").status_code == 404  # and nothing else
     page.save_gif(frames, str(tmp_path / "demo.gif"))
     assert (tmp_path / "demo.gif").read_bytes()[:6] == b"GIF89a" and len(frames) >= 2
+
+
+def test_without_chromium_the_browser_tests_skip_and_name_the_fix(tmp_path):
+    env = {**os.environ, "CHROMIUM": str(tmp_path / "no-chromium"), "CHROMEDRIVER": str(tmp_path / "no-driver")}
+    tests = [f"{__file__}::{name}" for name in ("test_chat_and_compare_in_a_real_browser",
+                                               "test_ask_the_notes_tab_answers_with_sources_and_abstains")]  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *tests], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0 and "2 skipped" in done.stdout, done.stdout[-3000:]
+    assert "no-chromium is not an executable" in done.stdout and "bash scripts/setup.sh" in done.stdout
+    assert "apt-get install chromium chromium-driver" in done.stdout

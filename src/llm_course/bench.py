@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, str] = {
     "serve": "llm_course.inference.bench:bench_serve",
     "rag": "llm_course.rag.bench:bench_rag",
     "rag-lora": "llm_course.rag.lora_curve:bench_rag_lora",
+    "agent": "llm_course.agent.bench:bench_agent",
 }
 
 

@@ -14,14 +14,36 @@ from typing import Any
 
 from llm_course.errors import AssetError
 
-INSTALL_HINT = "apt-get install chromium chromium-driver (Debian/Ubuntu), and pip install selenium"
+INSTALL_HINT = (
+    "run bash scripts/setup.sh (it installs them where apt-get can run), or sudo apt-get install chromium "
+    "chromium-driver (Debian/Ubuntu) and pip install selenium, or set $CHROMIUM and $CHROMEDRIVER to them"
+)
+BROWSER = ("CHROMIUM", "chromium", "chromium-browser", "google-chrome")
+DRIVER = ("CHROMEDRIVER", "chromedriver")
 
 
 def _find(env: str, *names: str) -> str:
-    found = os.environ.get(env) or next((p for n in names if (p := shutil.which(n))), None)
+    given = os.environ.get(env)
+    if given and not shutil.which(given):
+        raise AssetError(f"${env}={given} is not an executable: {INSTALL_HINT}")
+    found = shutil.which(given) if given else next((p for n in names if (p := shutil.which(n))), None)
     if not found:
         raise AssetError(f"no {names[0]} found (looked on PATH for {', '.join(names)} and in ${env}): {INSTALL_HINT}")
     return found
+
+
+def missing() -> str | None:
+    """Why :func:`chromium` cannot start here (the browser, its driver or Selenium missing, and the fix), else None."""
+    try:
+        import selenium  # noqa: F401
+
+        _find(*BROWSER)
+        _find(*DRIVER)
+    except ImportError:
+        return f"selenium is not installed: {INSTALL_HINT}"
+    except AssetError as err:
+        return str(err)
+    return None
 
 
 @contextmanager
@@ -33,11 +55,11 @@ def chromium(width: int = 1280, height: int = 900) -> Iterator[Any]:
     except ImportError as err:
         raise AssetError(f"selenium is not installed: {INSTALL_HINT}") from err
     options = webdriver.ChromeOptions()
-    options.binary_location = _find("CHROMIUM", "chromium", "chromium-browser", "google-chrome")
+    options.binary_location = _find(*BROWSER)
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 f"--window-size={width},{height}", "--force-device-scale-factor=1"):  # fmt: skip
         options.add_argument(arg)
-    driver = webdriver.Chrome(options=options, service=Service(_find("CHROMEDRIVER", "chromedriver")))
+    driver = webdriver.Chrome(options=options, service=Service(_find(*DRIVER)))
     try:
         yield driver
     finally:

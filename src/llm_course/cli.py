@@ -27,9 +27,16 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "generate": "llm_course.inference.commands:generate",
     "chat": "llm_course.inference.commands:chat",
     "serve": "llm_course.inference.serve:serve",
-    "rag": {"index": "llm_course.rag.commands:index", "search": "llm_course.rag.commands:search",
-            "ask": "llm_course.rag.commands:ask", "raft-data": "llm_course.rag.raft:raft_data"},
+    "rag": {
+        "index": "llm_course.rag.commands:index",
+        "search": "llm_course.rag.commands:search",
+        "ask": "llm_course.rag.commands:ask",
+        "raft-data": "llm_course.rag.raft:raft_data",
+    },
     "export": {"onnx": "llm_course.export.onnx:onnx", "predict": "llm_course.export.onnx_classifier:predict"},
+    "agent": "llm_course.agent.commands:agent",
+    "support": "llm_course.agent.commands:support",
+    "tour": "llm_course.tour.command:tour",
     "bench": BENCHMARKS,
 }
 HELP = {
@@ -41,6 +48,9 @@ HELP = {
     "export": "export onnx: the Module 3 classifier as ONNX, checked with onnxruntime; export predict: score with it",
     "rag": "questions over the course notes: rag index (chunk + embed), rag search, rag ask (answer with citations), "
     "rag raft-data (training data for the grounded-answer LoRA)",
+    "agent": "do a task with tools (search_notes, calculate, classify_sentiment, desk tools), printing each step",
+    "support": "the support desk of a fictional shop: sentiment, tool trace, cited reply or hand-over to a person",
+    "tour": "every module in a short run on the embedded assets, with a Markdown and a self-contained HTML report",
     "bench": f"run a benchmark, writing JSON and a figure: {', '.join(BENCHMARKS)}",
 }
 

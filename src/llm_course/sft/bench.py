@@ -26,6 +26,7 @@ def bench_lora_memory(
     gradient_checkpointing: bool = True,
     loss_chunk_size: int = 256,
     modes: list[str] | None = None,
+    fresh_process: bool = True,
 ) -> dict:
     """Peak training memory and step time of a full fine-tune vs LoRA vs QLoRA, each in its own process.
 
@@ -44,20 +45,22 @@ def bench_lora_memory(
         loss_chunk_size: the loss without full-vocabulary logits (``model.loss_chunk_size``; 0: the model's own
             loss), in every setting alike.
         modes: settings to run (default: all of full, lora_fp32, lora, qlora).
+        fresh_process: each setting in a process of its own, so its memory is its own; false runs them all in this
+            process (a quick smoke run: the memory numbers then overlap).
     """
     modes = modes or list(TRAIN_MODES)
     unknown = [m for m in modes if m not in TRAIN_MODES]
     if unknown:
         raise ConfigError(f"--modes: {unknown} not among {', '.join(TRAIN_MODES)}")
     args = (model, batch_size, seq_len, steps, lora_r, gradient_checkpointing, loss_chunk_size)
-    runs = run_modes(train_probe, modes, args, Path(output_dir) / "lora-memory.partial.json")
+    runs = run_modes(train_probe, modes, args, Path(output_dir) / "lora-memory.partial.json", fresh_process)
     ratios = {f"{m}_vs_full": round(runs[m]["peak_train_mb"] / runs["full"]["peak_train_mb"], 3)
               for m in modes if m != "full" and "full" in runs}  # fmt: skip
     results = {**ratios, "runs": runs,
                "settings": {"model": model, "batch_size": batch_size, "seq_len": seq_len, "steps": steps,
                             "lora_r": lora_r, "optimizer": "AdamW",
                             "gradient_checkpointing": gradient_checkpointing,
-                            "loss_chunk_size": loss_chunk_size}}  # fmt: skip
+                            "loss_chunk_size": loss_chunk_size, "fresh_process": fresh_process}}  # fmt: skip
 
     fig, (ax1, ax2) = subplots(1, 2, figsize=(11, 4.2))
     names = list(runs)
@@ -98,8 +101,10 @@ def bench_quant_inference(
     prompts: list[str] | None = None,
     max_new_tokens: int = 32,
     modes: list[str] | None = None,
+    fresh_process: bool = True,
 ) -> dict:
-    """fp32 vs bf16 vs int8 vs nf4 weights of one model: memory, time to first token, decode speed, perplexity.
+    """fp32 vs bf16 (vs fp16) vs int8 vs nf4 weights of one model: memory, time to first token, decode speed,
+    perplexity.
 
     The time to first token (prompt forward pass + first greedy step) and the decode speed (tokens after the
     first / time after the first) are measured apart, in one generation per prompt: prefill and decode scale
@@ -117,9 +122,11 @@ def bench_quant_inference(
         prompts: instructions for the timing runs (default: the first 4 packaged ones).
         max_new_tokens: tokens generated (greedy) per prompt, at least 2: the first is timed as the time to first
             token, the others as decode speed.
-        modes: formats to run (default: fp32, bf16, int8, nf4).
+        modes: formats to run (default: fp32, bf16, int8, nf4; name fp16 to run it, a GPU format).
+        fresh_process: each format in a process of its own, so its memory is its own; false runs them all in this
+            process (a quick smoke run: the memory numbers then overlap).
     """
-    modes = modes or list(INFER_MODES)
+    modes = modes or [m for m in INFER_MODES if m != "fp16"]
     unknown = [m for m in modes if m not in INFER_MODES]
     if unknown:
         raise ConfigError(f"--modes: {unknown} not among {', '.join(INFER_MODES)}")
@@ -130,13 +137,16 @@ def bench_quant_inference(
         packaged = files("llm_course.sft").joinpath(EVAL_SET).read_text().splitlines()[:4]
         prompts = [json.loads(line)["instruction"] for line in packaged]
     args = (model, prompts, examples, max_new_tokens)
-    runs = run_modes(inference_probe, modes, args, Path(output_dir) / "quant-inference.partial.json")
+    runs = run_modes(inference_probe, modes, args, Path(output_dir) / "quant-inference.partial.json", fresh_process)
     results = {"runs": runs, "settings": {"model": model, "data_file": data_file or f"llm_course/sft/{EVAL_SET}",
-               "eval_examples": len(examples), "prompts": prompts, "max_new_tokens": max_new_tokens}}  # fmt: skip
+               "eval_examples": len(examples), "prompts": prompts, "max_new_tokens": max_new_tokens,
+               "fresh_process": fresh_process}}  # fmt: skip
 
-    fig, axes = subplots(1, 4, figsize=(15, 3.8))
+    cuda = all(runs[m].get("memory") == "cuda_max_allocated" for m in modes)
+    fig, axes = subplots(1, 5, figsize=(19, 3.8))
     panels = [("footprint_mb", "weights (MiB)"), ("time_to_first_token_s", "time to first token (s)"),
               ("decode_tokens_per_second", "decode tokens / s (after the first)"),
+              ("peak_mb", "peak CUDA memory (MiB)" if cuda else "peak memory above idle (MiB)"),
               ("perplexity", "response perplexity")]  # fmt: skip
     for ax, (key, label) in zip(axes, panels, strict=True):
         bars = ax.bar(modes, [runs[m][key] for m in modes], color="tab:green")

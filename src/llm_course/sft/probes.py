@@ -23,6 +23,7 @@ TRAIN_MODES: dict[str, dict[str, Any]] = {
 INFER_MODES: dict[str, dict[str, str]] = {
     "fp32": {"quantization": "none", "dtype": "float32"},
     "bf16": {"quantization": "none", "dtype": "bfloat16"},
+    "fp16": {"quantization": "none", "dtype": "float16"},  # a GPU format: a CPU has no fp16 matrix units
     "int8": {"quantization": "int8", "dtype": "bfloat16"},
     "nf4": {"quantization": "nf4", "dtype": "bfloat16"},
 }
@@ -125,10 +126,12 @@ def timed_generate(net: Any, inputs: dict[str, torch.Tensor], max_new_tokens: in
 
 def inference_probe(mode: str, model: str, prompts: list[str], examples: list[dict[str, list[int]]],
                     max_new_tokens: int) -> dict[str, Any]:  # fmt: skip
-    """Footprint, time to first token, decode speed and response perplexity of one weight format.
+    """Footprint, time to first token, decode speed, peak memory and response perplexity of one weight format.
 
     Each prompt is generated once (after one untimed warm-up generation); the time to first token covers the
     prompt's forward pass (prefill) and the first greedy step, the decode speed only the tokens after it.
+    ``peak_mb``: the peak above the idle process while generating and scoring (CUDA max allocated on a GPU, the
+    resident-set peak on a CPU), the loaded weights included.
     """
     from llm_course.sft.lora import load_causal_lm
     from llm_course.sft.prompts import IGNORE_INDEX, encode, load_tokenizer, prompt_text
@@ -141,6 +144,7 @@ def inference_probe(mode: str, model: str, prompts: list[str], examples: list[di
         net = net.to(device)  # bitsandbytes placed the quantized weights on the device already
     net.eval()
     loaded_mb = current_mb(device) - baseline
+    reset_peak(device)  # from here: the weights plus what generation and scoring add (KV cache, activations)
     tokenizer = load_tokenizer(model)
     first_token, decode, answers, prompt_tokens = [], [], [], []
     with torch.no_grad():
@@ -166,6 +170,8 @@ def inference_probe(mode: str, model: str, prompts: list[str], examples: list[di
         **INFER_MODES[mode],
         "footprint_mb": round(net.get_memory_footprint() / 2**20, 1),
         "loaded_mb": round(loaded_mb, 1),
+        "peak_mb": round(peak_mb(device) - baseline, 1),
+        "memory": "cuda_max_allocated" if device.type == "cuda" else "rss_above_idle",
         "prompt_tokens": statistics.median(prompt_tokens),
         "time_to_first_token_s": round(statistics.median(first_token), 4),
         "decode_tokens_per_second": round(statistics.median(decode), 2),
@@ -191,13 +197,15 @@ def in_fresh_process(fn: Any, *args: Any) -> Any:
         return pool.apply(fn, args)
 
 
-def run_modes(fn: Any, modes: list[str], args: tuple, partial_file: Any) -> dict[str, dict[str, Any]]:
-    """``fn(mode, *args)`` for each mode in its own process; each result is printed and saved as it arrives."""
+def run_modes(fn: Any, modes: list[str], args: tuple, partial_file: Any, fresh: bool = True
+              ) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """``fn(mode, *args)`` for each mode in its own process (``fresh=False``: all in this one, for smoke runs, where
+    memory left by one mode counts in the next); each result is printed and saved as it arrives."""
     import json
 
     runs: dict[str, dict[str, Any]] = {}
     for mode in modes:
-        runs[mode] = in_fresh_process(fn, mode, *args)
+        runs[mode] = in_fresh_process(fn, mode, *args) if fresh else fn(mode, *args)
         print(json.dumps(runs[mode]), flush=True)
         partial_file.parent.mkdir(parents=True, exist_ok=True)
         partial_file.write_text(json.dumps(runs, indent=2) + "\n")  # a long run killed later keeps these
