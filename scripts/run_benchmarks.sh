@@ -3,12 +3,12 @@
 # time (run it with the machine to itself: the timings are part of the results), then copies each JSON and figure
 # next to the README's figure (notes/figures/), so every number traces to a committed file.
 # Usage: bash scripts/run_benchmarks.sh [DATA_DIR] [NAME ...]   (default ../shared/data and every benchmark;
-# names: linreg mnist imdb imdb-fp32 precision ddp sft lora-memory quant-inference serve onnx rag vision). Roughly 2-3 h on a 2-core CPU,
+# names: linreg mnist imdb imdb-fp32 precision ddp sft lora-memory quant-inference serve onnx rag agent vision). Roughly 2-3 h on a 2-core CPU,
 # the two IMDb runs 46 min of it (this Xeon with AMX).
 set -euo pipefail
 DATA=${1:-../shared/data}
 shift || true
-WANTED=${*:-linreg mnist imdb imdb-fp32 precision ddp sft lora-memory quant-inference serve onnx rag vision}
+WANTED=${*:-linreg mnist imdb imdb-fp32 precision ddp sft lora-memory quant-inference serve onnx rag agent vision}
 FIGURES=notes/figures
 
 publish() {  # publish OUTPUT_DIR NAME FIGURE_STEM: the JSON and the PNG, under the README figure's name
@@ -69,6 +69,9 @@ for name in $WANTED; do
     rag)
       llm-course bench rag --output_dir outputs/bench
       publish outputs/bench rag module8_rag ;;
+    agent)
+      llm-course bench agent --output_dir outputs/bench
+      publish outputs/bench agent module8_agent ;;
     *)
       echo "unknown benchmark $name" >&2; exit 2 ;;
   esac
