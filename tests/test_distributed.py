@@ -2,6 +2,7 @@
 and ``llm-course bench ddp``. Multi-process runs go through subprocesses with a timeout, so a hang fails the test."""
 
 import json
+import math
 import os
 import shlex
 import sys
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from conftest import CONFIGS, review_rows, run_cli, write_jsonl
-from llm_course.distributed.bench import bench_ddp, run_process
+from llm_course.distributed.bench import Run, bench_ddp, run_process, summarize
 from llm_course.errors import ConfigError, MissingFileError
 
 ACCELERATE_CONFIG = CONFIGS / "accelerate" / "cpu_2proc.yaml"
@@ -130,7 +131,110 @@ def test_bench_ddp_on_tiny_data(tmp_path, tiny_bert, monkeypatch):
         assert len(run["peak_mem_mb"]) == run["world_size"] == run["processes"], name
         assert run["threads_per_process"] == run["threads"], name  # OMP_NUM_THREADS reached the workers
         assert shlex.split(run["command"])[0] == sys.executable
+    assert set(report["speedup_vs"]["lightning"]) == {"1p_1t", "1p_2t"} and set(report["speedup_vs"]["accelerate"]) == {
+        "1p_1t"}  # fmt: skip
     for fw in ("lightning", "accelerate"):
-        assert 0 < report["scaling_efficiency"][fw] and 0 < report["speedup_vs_one_process"][fw]
+        assert 0 < report["scaling_efficiency"][fw] and 0 < report["speedup_vs"][fw]["1p_1t"]
         assert report["loss_max_abs_diff"][fw] < 1e-4, fw  # the gradient-sync check
     assert report["settings"]["global_batch_size"] == 8 and report["machine"]["cpu_count"]
+
+
+def test_each_speedup_names_the_run_it_divides_by():
+    """Lightning's N processes are compared with 1 process × 1 thread and 1 process × N threads, Accelerate's with
+    the 1 × 1 run it made: one key, one meaning (it once held Lightning's ÷ 1p_2t beside Accelerate's ÷ 1p_1t)."""
+    speeds = {Run("lightning", 1, 1): 10.0, Run("lightning", 1, 2): 20.0, Run("lightning", 2, 1): 16.0,
+              Run("accelerate", 1, 1): 8.0, Run("accelerate", 2, 1): 14.0}  # fmt: skip
+    records = {run.name: {"samples_per_sec_median_step": s, "losses": [0.7, 0.6]} for run, s in speeds.items()}
+    out = summarize(records, processes=2, cpu=True)
+    assert out["speedup_vs"] == {"lightning": {"1p_1t": 1.6, "1p_2t": 0.8}, "accelerate": {"1p_1t": 1.75}}
+    assert out["scaling_efficiency"] == {"lightning": 0.8, "accelerate": 0.875}
+    assert "speedup_vs_one_process" not in out
+    frameworks = ("lightning", "accelerate")
+    gpus = {Run(fw, n, None).name: {"samples_per_sec_median_step": 10.0 * n, "losses": [0.7]}
+            for fw in frameworks for n in (1, 2)}  # fmt: skip
+    assert summarize(gpus, processes=2, cpu=False)["speedup_vs"] == {fw: {"1p": 2.0} for fw in frameworks}
+
+
+@pytest.fixture
+def fresh_accelerate(monkeypatch, tmp_path):
+    """The Accelerate loop run in this process: its state singletons reset before and after, the environment
+    variables it sets restored, tokenized data cached in ``tmp_path``."""
+    from accelerate.state import AcceleratorState
+
+    monkeypatch.setenv("LLM_COURSE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PL_GLOBAL_SEED", "0")  # train() sets it; monkeypatch puts the old value back
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def recorded_schedules(monkeypatch) -> list:
+    """Every ``WarmupDecayLR`` the loops build from now on (both import it from ``llm_course.training`` when run)."""
+    import llm_course.training
+    from llm_course.training import WarmupDecayLR
+
+    built = []
+
+    class Recorded(WarmupDecayLR):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(llm_course.training, "WarmupDecayLR", Recorded)
+    return built
+
+
+# 40 reviews, 8 held out: 32 to train on, 4 batches of 8
+TINY_RUN = {"label_names": ["neg", "pos"], "val_fraction": 0.2, "batch_size": 8, "max_length": 32,
+            "group_by_length": False, "validate": False}  # fmt: skip
+
+
+def test_both_loops_size_the_schedule_by_the_steps_that_run(tmp_path, tiny_bert, monkeypatch, fresh_accelerate):
+    """max_steps=100 on data for 2 optimizer steps (4 batches, 3 accumulated: the short last group steps too):
+    the warm-up and linear decay are laid over those 2 steps and end at 0, in the Accelerate loop and the plain
+    loop alike (they were laid over 100, and the run ended with the learning rate near its peak)."""
+    from llm_course.distributed.accelerate_loop import train
+    from llm_course.optimization.plain_loop import fit_plain
+    from llm_course.training import planned_steps
+
+    assert (planned_steps(4, 3, 1, 100), planned_steps(4, 3, 2), planned_steps(4, 1, 3, 5)) == (2, 4, 5)
+    schedules = recorded_schedules(monkeypatch)
+    data = write_jsonl(tmp_path / "train.jsonl", review_rows(40))
+    common = {"train_file": str(data), "model_name_or_path": tiny_bert, "max_steps": 100, **TINY_RUN}
+    accelerate = train(**common, gradient_accumulation_steps=3, cpu=True, save_model=False,
+                       output_dir=str(tmp_path / "accelerate"), log_every_n_steps=1)  # fmt: skip
+    plain = fit_plain(**common, accumulate_grad_batches=3, device="cpu")
+    assert accelerate["steps"] == plain["steps"] == 2 and accelerate["samples"] == plain["samples"] == 32
+    assert [s.total_steps for s in schedules] == [2, 2]
+    assert [s.get_last_lr() for s in schedules] == [[0.0], [0.0]]  # the decay ran to its end
+
+
+def test_an_fp16_step_the_grad_scaler_skips_does_not_stop_the_accelerate_loop(tmp_path, tiny_bert, monkeypatch,
+                                                                              fresh_accelerate):  # fmt: skip
+    """fp16 under a GradScaler whose scale overflows every scaled gradient (an infinite scale): each step has an
+    inf/NaN gradient norm, which the scaler answers by skipping the step, as on a GPU after a loss spike. The loop
+    counts the skipped steps and goes on (as the plain loop and the Lightning guard do), and the weights are the
+    ones it started from; the loss itself stays checked."""
+    import accelerate
+    from safetensors.torch import load_file
+
+    from llm_course.distributed.accelerate_loop import check_finite, train
+    from llm_course.errors import NonFiniteError
+
+    class OverflowingScaler(accelerate.Accelerator):  # what Accelerator(mixed_precision="fp16") builds on CUDA
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.native_amp, self.scaler = True, torch.amp.GradScaler("cpu", init_scale=float("inf"))
+
+    monkeypatch.setattr(accelerate, "Accelerator", OverflowingScaler)
+    data = write_jsonl(tmp_path / "train.jsonl", review_rows(40))
+    out = tmp_path / "fp16"
+    record = train(str(data), model_name_or_path=tiny_bert, mixed_precision="fp16", cpu=True, output_dir=str(out),
+                   **TINY_RUN)  # fmt: skip
+    assert record["steps"] == record["skipped_steps"] == 4 and all(math.isfinite(x) for x in record["losses"])
+    before, after = load_file(Path(tiny_bert) / "model.safetensors"), load_file(out / "hf_model" / "model.safetensors")
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(NonFiniteError, match="gradient norm is inf at optimizer step 3"):
+        check_finite(0.5, math.inf, 3)  # without a scaler an inf norm stops the run
+    with pytest.raises(NonFiniteError, match="training loss is nan"):
+        check_finite(math.nan, 1.0, 3, grad_scaler=True)

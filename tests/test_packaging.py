@@ -10,7 +10,7 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 # import name -> distribution name, where they differ
 DISTRIBUTION = {"yaml": "pyyaml", "huggingface_hub": "huggingface-hub", "jsonargparse": "jsonargparse",
                 "sentence_transformers": "sentence-transformers", "faiss": "faiss-cpu", "PIL": "pillow",
-                "Stemmer": "PyStemmer"}
+                "Stemmer": "PyStemmer"}  # fmt: skip
 # used without an import of their own: transformers loads them (device_map placement, GGUF reading),
 # Lightning's TensorBoardLogger writes through tensorboard
 USED_INDIRECTLY = {"accelerate", "gguf", "tensorboard"}

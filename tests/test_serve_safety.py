@@ -1,20 +1,20 @@
 """Module 7: the server under misuse, tested over real sockets on 127.0.0.1: the API key and the Host check, the caps
 on a request, clients that go away, OpenAI's error object and finish reasons, and a bounded soak."""
 
-import gc
 import json
 import random
 import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
 from conftest import run_cli
-from helpers.serving import running_server
+from helpers.serving import running_server, serve_command
 from llm_course.inference import GenerationEngine, SamplingParams
 from llm_course.inference.guard import host_names
 from llm_course.inference.scheduler import Limits, Scheduler
@@ -44,9 +44,9 @@ def guarded(engine):
         yield url
 
 
-def post(url, body=None, key=KEY, **kwargs):
+def post(url, body=None, key=KEY, client=httpx, **kwargs):
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers | kwargs.pop("headers", {}), **kwargs)
+    return client.post(f"{url}/v1/chat/completions", json=body, headers=headers | kwargs.pop("headers", {}), **kwargs)
 
 
 def test_v1_needs_the_key_health_does_not(guarded):
@@ -244,43 +244,60 @@ def test_the_page_asks_for_the_key(engine):
         assert page.post("/v1/chat/completions", json={"model": OK, "messages": HI}).status_code == 401
 
 
-def test_soak_mixed_traffic_leaves_no_5xx_and_no_slot_taken(engine):
-    """A few hundred requests, 32 at a time: streaming or not, malformed, oversize, bad keys, clients that leave."""
+def test_soak_mixed_traffic_leaves_no_5xx_and_no_slot_taken(constant_llama):
+    """A few hundred requests, 32 at a time: streaming or not, malformed, oversize, bad keys, clients that leave.
+    The server is the ``llm-course serve`` command in a process of its own, as in use: in this process, the 33 client
+    threads would share its GIL, and /health's latency would be theirs (notes/07)."""
     import psutil
 
     rng = random.Random(0)
+    model = f"{Path(constant_llama).name}:fp32"
+    clients, local = [], threading.local()
+
+    def client():
+        """This load thread's client, a new connection per request: ``httpx.post`` would build a client, and its TLS
+        context (25 ms of CPU), per request, on the two cores the server is measured on."""
+        if not hasattr(local, "client"):
+            local.client = httpx.Client(timeout=60, limits=httpx.Limits(max_keepalive_connections=0))
+            clients.append(local.client)
+        return local.client
 
     def one(i):
-        kind = i % 8
-        body = {"model": OK, "messages": [{"role": "user", "content": f"q{i}"}], "max_tokens": rng.randint(1, 12)}
+        kind, own = i % 8, client()
+        body = {"model": model, "messages": [{"role": "user", "content": f"q{i}"}], "max_tokens": rng.randint(1, 12)}
+        json_type = {"content-type": "application/json"}
         if kind == 0:
-            return post(url, content=b"{not json", headers={"content-type": "application/json"}).status_code
+            return post(url, content=b"{not json", headers=json_type, client=own).status_code
         if kind == 1:
-            return post(url, content=b" " * 25_000, headers={"content-type": "application/json"}).status_code
+            return post(url, content=b" " * 25_000, headers=json_type, client=own).status_code
         if kind == 2:
-            return post(url, body, key="bad").status_code
+            return post(url, body, key="bad", client=own).status_code
         if kind == 3:
             sock = hang_up_later(url, body | {"stream": i % 16 == 3, "max_tokens": 200}, KEY)
             time.sleep(rng.random() * 0.05)
             sock.close()
             return 0
         if kind in (4, 5):
-            with httpx.stream("POST", f"{url}/v1/chat/completions", json=body | {"stream": True},
-                              headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as response:  # fmt: skip
+            with own.stream("POST", f"{url}/v1/chat/completions", json=body | {"stream": True},
+                            headers={"Authorization": f"Bearer {KEY}"}) as response:  # fmt: skip
                 text = "".join(response.iter_lines())
                 return response.status_code if text.endswith("data: [DONE]") else 599
-        return post(url, body, timeout=60).status_code
+        return post(url, body, client=own).status_code
 
     def round_of(n):
         with ThreadPoolExecutor(32) as pool:
             return list(pool.map(one, range(n)))
 
     def health_times(stop):
+        """/health's latency, 2 ms after the last answer (a probe sent at once would sample the quick moments more
+        often than the slow ones), each on a new connection as a load balancer's health check, from one client made
+        once: ``httpx.get`` builds a client, and its TLS context (25 ms of CPU), per call, and timed mostly that."""
         times = []
-        while not stop.is_set():
-            start = time.perf_counter()
-            httpx.get(f"{url}/health", timeout=10)
-            times.append(time.perf_counter() - start)
+        with httpx.Client(timeout=10, limits=httpx.Limits(max_keepalive_connections=0)) as prober:
+            while not stop.wait(0.002):
+                start = time.perf_counter()
+                assert prober.get(f"{url}/health").status_code == 200
+                times.append(time.perf_counter() - start)
         return times
 
     def probed_round(n):
@@ -291,20 +308,24 @@ def test_soak_mixed_traffic_leaves_no_5xx_and_no_slot_taken(engine):
             stop.set()
             return statuses, sorted(probe.result())
 
-    with running_server(serve_app(engine, api_key=KEY, max_body_bytes=20_000, queue_size=64)) as url:
+    options = ["--model", constant_llama, "--device", "cpu", "--ui", "false", "--max_body_bytes", "20000",
+               "--queue_size", "64", "--max_batch_size", "8", "--temperature", "0"]  # fmt: skip
+    with serve_command(*options, env={"LLM_COURSE_API_KEY": KEY}) as (url, pid):
         probed_round(128)  # warm-up: the same mix, so thread pools and allocator arenas reach their size
         health = lambda: httpx.get(f"{url}/health").json()  # noqa: E731
         wait_until(lambda: health()["queue"]["running"] == 0, 10, "the warm-up to finish")
-        gc.collect()
-        before = psutil.Process().memory_info().rss
-        statuses, health_s = probed_round(256)
+        before = psutil.Process(pid).memory_info().rss
+        statuses, health_s = probed_round(512)
         idle = lambda: health()["queue"]["waiting"] == health()["queue"]["running"] == 0  # noqa: E731
         wait_until(idle, 10, "every slot to be free")
-        gc.collect()
-        after = psutil.Process().memory_info().rss
+        after = psutil.Process(pid).memory_info().rss
+    for each in clients:
+        each.close()
     assert not [s for s in statuses if s >= 500], statuses
     assert {s for s in statuses if s} <= {200, 400, 401, 413}
-    assert statuses.count(200) == 256 // 2  # kinds 4 to 7
+    assert statuses.count(200) == 512 // 2  # kinds 4 to 7
     assert after <= 1.1 * before, f"RSS {before / 2**20:.0f} -> {after / 2**20:.0f} MiB"
     p99 = health_s[int(0.99 * (len(health_s) - 1))]
-    assert len(health_s) >= 10 and p99 < 0.5, f"/health p99 {p99 * 1e3:.0f} ms while saturated"  # 2 shared cores
+    print(f"/health while saturated: {len(health_s)} probes, p50 {health_s[len(health_s) // 2] * 1e3:.0f} ms, "
+          f"p99 {p99 * 1e3:.0f} ms, max {health_s[-1] * 1e3:.0f} ms")  # fmt: skip
+    assert len(health_s) >= 10 and p99 < 0.1, f"/health p99 {p99 * 1e3:.0f} ms while saturated"  # notes/07

@@ -40,6 +40,15 @@ def maybe_compile(net: nn.Module, enabled: bool) -> None:
         net.compile()
 
 
+def planned_steps(batches_per_epoch: int, accumulate: int, epochs: int, max_steps: int = -1) -> int:
+    """The optimizer steps a run will take: ``epochs`` × ⌈``batches_per_epoch`` / ``accumulate``⌉ (an epoch's last,
+    shorter group of micro-batches steps too), capped by ``max_steps`` (-1: no cap), as Lightning's
+    ``trainer.estimated_stepping_batches``. A schedule sized by ``max_steps`` alone would be cut off mid-decay when
+    the data runs out first."""
+    total = epochs * math.ceil(batches_per_epoch / accumulate)
+    return min(total, max_steps) if max_steps > 0 else total
+
+
 class WarmupDecayLR(LambdaLR):
     """Linear warm-up from 0 over ``ceil(warmup_ratio * total_steps)`` steps, then ``decay`` to 0 (or constant).
 

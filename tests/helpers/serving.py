@@ -1,6 +1,11 @@
-"""A real uvicorn server on 127.0.0.1 in a background thread, for tests that talk HTTP to the serve app."""
+"""Real servers on 127.0.0.1 for tests that talk HTTP to the serve app: uvicorn in a background thread, or the
+``llm-course serve`` command in a process of its own."""
 
+import os
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -33,3 +38,32 @@ def running_server(app: Any, timeout_s: float = 30) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout_s)
+
+
+@contextmanager
+def serve_command(*args: str, env: dict[str, str] | None = None, timeout_s: float = 120) -> Iterator[tuple[str, int]]:
+    """Run ``llm-course serve ARGS`` on a free port in a process of its own; yields its base URL and process id once
+    ``/health`` answers; stops it on exit. Its own process, as in use: the clients' threads do not share its GIL."""
+    import httpx
+
+    port = free_port()
+    command = [sys.executable, "-m", "llm_course", "serve", "--port", str(port), *args]
+    with tempfile.TemporaryFile("w+") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                try:
+                    if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    raise RuntimeError(f"llm-course serve did not start on port {port}:\n{log.read()[-3000:]}")
+                time.sleep(0.2)
+            yield url, process.pid
+        finally:
+            process.terminate()
+            process.wait(30)

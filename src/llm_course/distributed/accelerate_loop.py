@@ -67,7 +67,8 @@ def train(
     """Fine-tune a sequence classifier with a plain loop under ``accelerate``, then evaluate it once.
 
     Writes ``<output_dir>/metrics.json`` (validation metrics, the loss of every optimizer step averaged over
-    processes, samples/s of training alone, peak memory of each process) and ``<output_dir>/hf_model/``.
+    processes, samples/s of training alone, peak memory of each process, ``skipped_steps``: the steps fp16's
+    GradScaler skipped) and ``<output_dir>/hf_model/``.
 
     Args:
         train_file: training texts and labels (``.jsonl[.gz]``, ``.csv``, ``.parquet``; ``text``/``label`` columns).
@@ -106,7 +107,7 @@ def train(
 
     from llm_course.text import TextClassificationDataModule, TextClassifier
     from llm_course.text.sampling import SortedSampler
-    from llm_course.training import WarmupDecayLR
+    from llm_course.training import WarmupDecayLR, planned_steps
 
     # On a machine without CUDA, accelerate treats a torchrun-style launch (LOCAL_RANK set) as multi-process only
     # when cpu=True, and then uses gloo; `accelerate launch` does not pass its use_cpu setting to torchrun workers.
@@ -139,8 +140,8 @@ def train(
         model, optimizer, dm.train_dataloader(), val_loader
     )
 
-    per_epoch = math.ceil(len(train_loader) / gradient_accumulation_steps)
-    total_steps = max_steps if max_steps > 0 else epochs * per_epoch
+    # accelerate syncs (and steps) at the end of each epoch's loader too, as Lightning and the plain loop do
+    total_steps = planned_steps(len(train_loader), gradient_accumulation_steps, epochs, max_steps)
     # Not prepared: a prepared scheduler steps once per process at every optimizer step (it assumes a schedule
     # written for one process), so the warm-up and decay would end N times too early.
     scheduler = WarmupDecayLR(optimizer.optimizer, total_steps=total_steps, warmup_ratio=warmup_ratio, decay=decay)
@@ -150,6 +151,9 @@ def train(
                       f"global batch {batch_size * accelerator.num_processes * gradient_accumulation_steps}, "
                       f"{total_steps} optimizer steps")  # fmt: skip
     losses, step_seconds, micro, samples, seconds, step, step_time = [], [], [], 0, 0.0, 0, 0.0
+    # fp16: the GradScaler skips a step whose gradients hold an inf/NaN (its signal to lower the scale), as in the
+    # plain loop; such a step is counted, not fatal
+    scaled, skipped = accelerator.scaler is not None, 0
     reset_peak(accelerator.device)
     model.train()
     for epoch in range(epochs):
@@ -173,7 +177,10 @@ def train(
                 # The loss of the global batch: every process's mean over its micro-batches, averaged.
                 value = float(accelerator.reduce(torch.stack(micro).mean(), reduction="mean"))
                 micro = []
-                check_finite(value, float(norm), step)  # the same values on every process: all stop together
+                if scaled and optimizer.step_was_skipped:
+                    skipped += 1
+                # the same values on every process: all stop together
+                check_finite(value, float(norm), step, grad_scaler=scaled)
                 losses.append(value)
             elapsed = time.perf_counter() - start
             seconds, step_time = seconds + elapsed, step_time + elapsed
@@ -198,6 +205,7 @@ def train(
         accelerator.print("  ".join(f"{k} {v:.4f}" for k, v in val.items()))
     record = run_record("accelerate", accelerator.num_processes, device, losses, step_seconds, samples, seconds, peaks,
                         val)  # fmt: skip
+    record["skipped_steps"] = skipped
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -213,11 +221,16 @@ def train(
     return record
 
 
-def check_finite(loss: float, grad_norm: float, step: int) -> None:
-    """Stop at the first non-finite loss or gradient norm (the values every process shares), naming the step."""
+def check_finite(loss: float, grad_norm: float, step: int, grad_scaler: bool = False) -> None:
+    """Stop at the first non-finite loss or gradient norm (the values every process shares), naming the step.
+
+    Under fp16's GradScaler (``grad_scaler``) an inf/NaN gradient norm is not a failure: the scaler skips that step
+    and lowers its scale, as the Lightning guard and the plain loop let it. The loss is checked in every case.
+    """
     from llm_course.callbacks import LIKELY_CAUSES
 
-    for what, value in (("The training loss", loss), ("The gradient norm", grad_norm)):
+    checks = [("The training loss", loss)] + ([] if grad_scaler else [("The gradient norm", grad_norm)])
+    for what, value in checks:
         if not math.isfinite(value):
             causes = "\n".join(f"  - {c}" for c in LIKELY_CAUSES)
             raise NonFiniteError(f"{what} is {value} at optimizer step {step}. Likely causes:\n{causes}")

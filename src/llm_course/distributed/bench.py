@@ -144,9 +144,13 @@ def bench_ddp(
     ``samples_per_sec_median_step`` (global batch ÷ median step time, which the summaries use: the first step's
     warm-up and bursts of load from other programs do not move it) and ``samples_per_sec`` (all steps); the loss
     of every step (averaged over processes); the peak memory of each process (resident set on a CPU, CUDA
-    allocator on a GPU); the machine's load average before and after. ``scaling_efficiency`` = N-process
-    samples/s ÷ (N × one-process one-thread samples/s); ``speedup_vs_one_process`` compares with the
-    one-process run on all threads.
+    allocator on a GPU); the machine's load average before and after. Summaries, by framework:
+    ``scaling_efficiency`` = N-process samples/s ÷ (N × one-process samples/s, one thread on a CPU);
+    ``speedup_vs`` = N-process samples/s ÷ those of each one-process run of that framework, keyed by the run it
+    divides by (``1p_1t``: one process, one thread; ``1p_Nt``, e.g. ``1p_2t``: one process on all N threads, the
+    fair baseline on N cores, run for Lightning only; ``1p``: one GPU). Older reports
+    (``notes/figures/module5_ddp.json``, 2026-11-30) have ``speedup_vs_one_process`` instead, a key with two
+    meanings: Lightning's ratio divides by ``1p_2t``, Accelerate's by ``1p_1t``.
 
     Args:
         train_file: the training texts (e.g. ``../shared/data/imdb/train.jsonl.gz``).
@@ -216,23 +220,27 @@ def bench_ddp(
                            "task_config": task_config, "accelerate_config": accelerate_config}  # fmt: skip
     results["runs"] = records
     path = write_report(output_dir, "ddp", results, figure(records, results, processes, cpu))
-    print(json.dumps({k: results[k] for k in ("scaling_efficiency", "speedup_vs_one_process",
-                                              "loss_max_abs_diff")}), f"-> {path}")  # fmt: skip
+    print(json.dumps({k: results[k] for k in ("scaling_efficiency", "speedup_vs", "loss_max_abs_diff")}),
+          f"-> {path}")  # fmt: skip
     return results
 
 
 def summarize(records: dict[str, dict[str, Any]], processes: int, cpu: bool) -> dict[str, Any]:
-    """Scaling efficiency, speed-up and the loss-curve gap of N vs 1 process, per framework."""
-    out: dict[str, dict[str, float]] = {"scaling_efficiency": {}, "speedup_vs_one_process": {},
-                                        "loss_max_abs_diff": {}}  # fmt: skip
+    """Scaling efficiency, speed-ups and the loss-curve gap of N vs 1 process, per framework.
+
+    ``speedup_vs[framework]`` holds one ratio per one-process run that framework made, keyed by that run's name
+    without the framework (``1p_1t``, ``1p_2t``, ``1p``), so a ratio always says what it divides by.
+    """
+    out: dict[str, dict[str, Any]] = {"scaling_efficiency": {}, "speedup_vs": {}, "loss_max_abs_diff": {}}
     for fw in ("lightning", "accelerate"):
         one = records.get(Run(fw, 1, 1 if cpu else None).name)
         many = records.get(Run(fw, processes, 1 if cpu else None).name)
         if not (one and many):
             continue
         out["scaling_efficiency"][fw] = round(many[THROUGHPUT] / (processes * one[THROUGHPUT]), 3)
-        baseline = records.get(Run(fw, 1, processes).name, one) if cpu else one
-        out["speedup_vs_one_process"][fw] = round(many[THROUGHPUT] / baseline[THROUGHPUT], 3)
+        baselines = [Run(fw, 1, threads) for threads in ((1, processes) if cpu else (None,))]
+        out["speedup_vs"][fw] = {run.name.removeprefix(f"{fw}_"): round(many[THROUGHPUT] / r[THROUGHPUT], 3)
+                                 for run in baselines if (r := records.get(run.name))}  # fmt: skip
         gaps = [abs(a - b) for a, b in zip(one["losses"], many["losses"], strict=True)]
         out["loss_max_abs_diff"][fw] = float(f"{max(gaps):.3g}")
     for n in (1, processes):  # the same setting, the two frameworks

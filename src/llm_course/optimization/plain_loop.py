@@ -345,7 +345,7 @@ def fit_plain(
     import lightning as L
 
     from llm_course.text import TextClassificationDataModule, TextClassifier
-    from llm_course.training import WarmupDecayLR, maybe_compile
+    from llm_course.training import WarmupDecayLR, maybe_compile, planned_steps
 
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     plan = precision_plan(precision, dev)
@@ -365,7 +365,7 @@ def fit_plain(
     maybe_compile(net, compile)
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
     loader = dm.train_dataloader()
-    total_steps = max_steps if max_steps > 0 else epochs * math.ceil(len(loader) / accumulate_grad_batches)
+    total_steps = planned_steps(len(loader), accumulate_grad_batches, epochs, max_steps)  # the steps that run
     scheduler = WarmupDecayLR(optimizer, total_steps=total_steps, warmup_ratio=warmup_ratio, decay=decay)
     reset_peak(dev)
     result = train_loop(net, loader, optimizer, scheduler, device=dev, precision=precision,
