@@ -18,12 +18,8 @@ from pathlib import Path
 
 import torch
 
-CHATML = (  # SmolLM2's chat template: ChatML with a default system turn
-    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\nYou are a helpful assistant<|im_end|>\n' }}{% endif %}"
-    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+from llm_course.tiny import byte_tokenizer, tiny_bert
+
 GOOD = ["wonderful", "moving", "brilliant", "clever", "delightful", "superb", "touching", "gripping"]
 BAD = ["boring", "awful", "dull", "clumsy", "tedious", "dreadful", "lifeless", "muddled"]
 FILLER = ("the film story acting plot camera music scene actor director script ending moment character audience "
@@ -42,31 +38,10 @@ def write_reviews(path: Path, n: int, words: int = 160, seed: int = 0) -> Path:
     return path
 
 
-def tiny_bert(folder: Path) -> Path:
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    from llm_course.assets import resolve_model
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model("minilm"))
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)  # fmt: skip
-    torch.manual_seed(0)
-    BertForSequenceClassification(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def tiny_llama(folder: Path, width: int = 64) -> Path:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}  # one token per byte, no merges
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    backend.decoder = decoders.ByteLevel()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|im_start|>", eos_token="<|im_end|>")
-    tokenizer.chat_template = CHATML
+    tokenizer = byte_tokenizer()
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=3 * width,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -88,7 +63,7 @@ def main() -> None:
     args.folder.mkdir(parents=True, exist_ok=True)
     made = {"reviews": str(write_reviews(args.folder / "reviews.jsonl", args.reviews))}
     if args.tiny:
-        made["tiny_bert"] = str(tiny_bert(args.folder / "tiny_bert"))
+        made["tiny_bert"] = tiny_bert(args.folder / "tiny_bert")
         made["tiny_llama"] = str(tiny_llama(args.folder / "tiny_llama"))
     print(json.dumps(made))
 

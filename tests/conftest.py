@@ -11,7 +11,9 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from llm_course import tiny  # noqa: E402
 from llm_course.cli import main  # noqa: E402
+from llm_course.tiny import CHATML, byte_tokenizer  # noqa: E402, F401  (the tests import them from here)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -114,67 +116,10 @@ def tiny_text_args(tmp_path, monkeypatch, request):
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> str:
     """A 2-layer, 32-wide BERT classifier built from a config, saved with the embedded MiniLM tokenizer."""
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    from llm_course.assets import resolve_model
-
-    folder = tmp_path_factory.mktemp("tiny_bert")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model("minilm"))
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)  # fmt: skip
-    torch.manual_seed(0)
-    BertForSequenceClassification(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
+    return tiny.tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
 
 
-CHATML = (  # SmolLM2's chat template: ChatML with a default system turn
-    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\nYou are a helpful assistant<|im_end|>\n' }}{% endif %}"
-    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-
-
-def byte_tokenizer(chat_template: str | None = CHATML):
-    """A byte-level tokenizer with no merges (one token per byte) plus ChatML's special tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    backend.decoder = decoders.ByteLevel()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|im_start|>", eos_token="<|im_end|>")
-    tokenizer.chat_template = chat_template
-    return tokenizer
-
-
-def save_tiny_lm(folder: Path, arch: str, width: int = 32, mlp: int | None = None) -> str:
-    """A 2-layer causal LM (``llama`` or ``gpt2``) ``width`` wide built from a config, saved with the byte tokenizer.
-
-    GPT-2 gets the tokenizer without a chat template, so it exercises the Alpaca prompt. ``mlp``: Llama's MLP width
-    (default 2 × ``width``).
-    """
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
-
-    tokenizer = byte_tokenizer(CHATML if arch == "llama" else None)
-    n = len(tokenizer)
-    torch.manual_seed(0)
-    if arch == "llama":
-        config = LlamaConfig(vocab_size=n, hidden_size=width, intermediate_size=mlp or 2 * width, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                             tie_word_embeddings=True)  # fmt: skip
-        model = LlamaForCausalLM(config)
-    else:
-        config = GPT2Config(vocab_size=n, n_embd=width, n_layer=2, n_head=4, n_positions=1024,
-                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
-        model = GPT2LMHeadModel(config)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
+save_tiny_lm = tiny.tiny_lm  # a 2-layer Llama or GPT-2 with the byte tokenizer (llm_course.tiny)
 
 
 @pytest.fixture(scope="session")

@@ -80,6 +80,16 @@ def test_a_gap_that_cuts_a_code_block_closes_and_reopens_its_fence():
     assert merge_hits(cut, 1)[0].text.split("\n") == lines[:4] + [GAP] + lines[5:]  # without the section: as is
 
 
+def test_a_window_that_cuts_a_paragraph_gets_the_rest_of_it():
+    lines = ["## Para", "", "One sentence starts on this line", "and ends on the next one.", "", "Another paragraph."]
+    section = [Chunk("n.md", ["Para"], 1, 6, "\n".join(lines))]
+    cut = [Hit(Chunk("n.md", ["Para"], 1, 3, "\n".join(lines[:3])), 1.0, 0)]  # the window ends mid-sentence
+    whole = merge_hits(cut, 1, section)[0]
+    assert whole.text.split("\n") == lines[:4] and whole.end_line == 4  # completed up to the blank line, no further
+    assert [s.text for s in sentences_of([whole])] == ["One sentence starts on this line and ends on the next one."]
+    assert merge_hits(cut, 1)[0].end_line == 3  # without the section: the window as retrieved
+
+
 def test_code_lines_give_way_to_prose_that_answers_about_as_well(embedder):
     text = (
         "LoRA trains two small matrices and freezes the rest.\n\n```python\n"

@@ -52,9 +52,18 @@ def section_key(chunk: Chunk) -> tuple[str, str, tuple[str, ...]]:
     return chunk.file, chunk.anchor, tuple(chunk.headings)
 
 
-def open_fences(chunks: list[Chunk]) -> dict[int, bool]:
-    """For each line of the section the ``chunks`` (all its windows) cover: is a code block open after it?"""
-    lines = dict(line for chunk in chunks for line in chunk_lines(chunk))
+def union_lines(chunks: list[Chunk]) -> dict[int, str]:
+    """Line number → text of the lines ``chunks`` cover (a window may hold only a piece of an over-long line: the
+    longest piece is kept)."""
+    lines: dict[int, str] = {}
+    for number, text in (line for chunk in chunks for line in chunk_lines(chunk)):
+        if number not in lines or len(text) > len(lines[number]):
+            lines[number] = text
+    return lines
+
+
+def open_fences(lines: dict[int, str]) -> dict[int, bool]:
+    """For each of a section's ``lines``: is a code block open after it?"""
     after, fenced = {}, False
     for number in sorted(lines):
         fenced ^= bool(FENCE.match(lines[number]))
@@ -69,13 +78,32 @@ def without_empty_blocks(lines: list[Any]) -> list[Any]:
     return [line for i, line in enumerate(lines) if i not in empty and i - 1 not in empty]
 
 
+def whole_paragraphs(lines: dict[int, str], section: dict[int, str], fences: dict[int, bool]) -> dict[int, str]:
+    """``lines`` with the rest of each prose paragraph they cut into, from the ``section``'s lines: a window that
+    ends or starts inside a paragraph would otherwise cut its sentence in two."""
+
+    def prose(number: int) -> bool:
+        text = section.get(number, "")
+        return bool(text.strip()) and not FENCE.match(text) and not fences.get(number - 1, False)
+
+    out = dict(lines)
+    for number in sorted(lines):
+        for step in (-1, 1):
+            n = number
+            while prose(n) and prose(n + step) and n + step not in out:
+                n += step
+                out[n] = section[n]
+    return out
+
+
 def merge_hits(hits: list[Hit], limit: int, sections: list[Chunk] | None = None) -> list[Passage]:
     """The first ``limit`` sections among ``hits`` (best first), each one passage: the union of its retrieved
     windows' lines in file order, with :data:`GAP` where two windows do not touch.
 
-    A window may start or end inside a code block; given ``sections`` (all the index's chunks), a fence line is
-    put back wherever the passage or a gap in it cuts a code block, so the model, and the evidence step, see code
-    as code (in ``lines`` it carries the number of the line next to it)."""
+    A window may start or end inside a paragraph or a code block. Given ``sections`` (all the index's chunks), a cut
+    paragraph is completed, and a fence line is put back wherever the passage or a gap in it cuts a code block, so
+    the model, and the evidence step, see whole sentences and code as code (in ``lines`` a fence carries the number
+    of the line next to it)."""
     groups: dict[tuple[str, str, tuple[str, ...]], list[Hit]] = {}
     for hit in hits:
         key = section_key(hit.chunk)
@@ -84,13 +112,13 @@ def merge_hits(hits: list[Hit], limit: int, sections: list[Chunk] | None = None)
         groups.setdefault(key, []).append(hit)
     passages = []
     for n, members in enumerate(groups.values(), start=1):
-        lines: dict[int, str] = {}
-        for number, text in (line for hit in members for line in chunk_lines(hit.chunk)):
-            if number not in lines or len(text) > len(lines[number]):  # a window may hold a piece of a long line
-                lines[number] = text
+        lines, fences = union_lines([hit.chunk for hit in members]), {}
+        if sections is not None:
+            key = section_key(members[0].chunk)
+            section = union_lines([c for c in sections if section_key(c) == key])
+            fences = open_fences(section)
+            lines = whole_paragraphs(lines, section, fences)
         ordered = sorted(lines.items())
-        key = section_key(members[0].chunk)
-        fences = open_fences([c for c in sections if section_key(c) == key]) if sections is not None else {}
         parts: list[str] = []
         kept: list[tuple[int, str]] = []  # the lines, with a blank one where a gap ends a paragraph
         for i, (number, text) in enumerate(ordered):

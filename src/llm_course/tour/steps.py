@@ -55,9 +55,9 @@ class Tour:
         return self.done[step]
 
     def tiny_model(self, kind: str) -> str:
-        from llm_course.tour import tiny
+        from llm_course import tiny
 
-        return {"bert": tiny.tiny_bert, "llama": tiny.tiny_llama}[kind](self.output_dir / "tiny_models" / kind)
+        return {"bert": tiny.tiny_bert, "llama": tiny.tiny_lm}[kind](self.output_dir / "tiny_models" / kind)
 
 
 def course_root() -> Path:
