@@ -21,7 +21,9 @@ NEEDS_FILES: dict[str, str] = {
     "ag_news": "tiny_text_args",
     **dict.fromkeys(("sft_lora", "sft_qlora", "sft_gpt2"), "tiny_sft_args"),
     "rag_lora": "tiny_rag_args",
+    "agent_lora": "tiny_agent_args",
 }
+LORA_RUNS = ("sft", "rag_lora", "agent_lora")  # configs whose fit writes adapter/ and hf_model/
 
 
 @pytest.fixture
@@ -36,6 +38,19 @@ def tiny_rag_args(tmp_path, tiny_llama):
     train, val = write_jsonl(tmp_path / "train.jsonl", rows[:16]), write_jsonl(tmp_path / "val.jsonl", rows[16:])
     return [f"--model.init_args.model_name_or_path={tiny_llama}", f"--data.init_args.train_file={train}",
             f"--data.init_args.val_file={val}", "--data.init_args.batch_size=4", "--data.init_args.eval_batch_size=4"]
+
+
+@pytest.fixture
+def tiny_agent_args(tmp_path, tiny_llama):
+    """Tool-use records as ``agent-data`` writes them (24 of them), for the tiny byte-level model: its tokens are
+    bytes, so the records need a longer ``max_length`` than SmolLM2's tokens do."""
+    from llm_course.agent.tooluse_data import agent_data
+
+    out = tmp_path / "tooluse"
+    agent_data(str(out), n=24, seed=0, notes=str(ROOT / "notes"), val_share=0.25)
+    return [f"--model.init_args.model_name_or_path={tiny_llama}", f"--data.init_args.train_file={out / 'train.jsonl'}",
+            f"--data.init_args.val_file={out / 'val.jsonl'}", "--data.init_args.max_length=4096",
+            "--data.init_args.batch_size=4", "--data.init_args.eval_batch_size=4"]  # fmt: skip
 
 
 def run_line_configs(config) -> list[str]:
@@ -67,7 +82,7 @@ def test_config_parses(config, capsys):
 def test_config_runs_steps_and_test_with_checkpoints(config, tmp_path, request):
     """Two real training steps, a validation and the end-of-fit hooks, then ``test`` on the best checkpoint."""
     extra = request.getfixturevalue(NEEDS_FILES[config.stem]) if config.stem in NEEDS_FILES else []
-    if config.stem.startswith(("sft", "rag_lora")):
+    if config.stem.startswith(LORA_RUNS):
         extra += ["--data.init_args.test_size=4"]
     configs = [a for c in run_line_configs(config) for a in ("--config", c)]
     trainer_cfg: dict = {}
@@ -85,7 +100,7 @@ def test_config_runs_steps_and_test_with_checkpoints(config, tmp_path, request):
     assert last["global_step"] == 2
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
     assert list(run.glob("events.out.tfevents.*")), "no TensorBoard events"
-    if config.stem.startswith(("sft", "rag_lora")):  # ExportBestWeights leaves these to the task's own on_fit_end
+    if config.stem.startswith(LORA_RUNS):  # ExportBestWeights leaves these to the task's own on_fit_end
         assert (run / "adapter" / "adapter_config.json").is_file() and (run / "hf_model" / "config.json").is_file()
     elif config.stem in ("imdb", "ag_news"):
         assert (run / "hf_model" / "config.json").is_file()

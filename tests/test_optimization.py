@@ -192,12 +192,15 @@ def test_bench_precision_writes_every_row_and_the_figure(tmp_path, monkeypatch, 
     assert report["order"] == ["lightning 32-true", "plain 32-true", "lightning bf16-true"]
     assert rows["lightning 16-mixed"]["status"] == "skipped"  # listed with the reason, not dropped
     assert "needs a CUDA GPU" in rows["lightning 16-mixed"]["reason"]
+    emulated = not report["hardware"]["bf16_in_hardware"]  # then bf16-true runs 3 steps (--emulated_bf16=fewer)
     for name in ("lightning 32-true", "lightning bf16-true", "plain 32-true"):
         row = rows[name]
+        steps = 3 if emulated and name == "lightning bf16-true" else 4
         assert row["status"] == "ok" and not row["non_finite"], (name, row.get("reason"))
+        assert row["steps"] == steps and row["emulated_bf16"] == (steps == 3)
         assert row["samples_per_sec"] > 0 and row["peak_mem_mb"] > 0 and row["memory"] == "rss_above_idle"
-        assert 0 <= row["val_f1"] <= 1 and 0 < row["val_loss"] < 5 and len(row["losses"]) == 4
-        assert row["runs"][0]["samples"] == 16 and len(row["runs"][0]["step_end_seconds"]) == 4
+        assert 0 <= row["val_f1"] <= 1 and 0 < row["val_loss"] < 5 and len(row["losses"]) == steps
+        assert row["runs"][0]["samples"] == 4 * steps and len(row["runs"][0]["step_end_seconds"]) == steps
     # The two loops did the same work: the same losses step by step, the same validation score.
     assert report["lightning_vs_plain_loss_max_abs_diff"] < 1e-5
     assert rows["lightning 32-true"]["val_loss"] == pytest.approx(rows["plain 32-true"]["val_loss"], abs=1e-5)
@@ -232,3 +235,92 @@ def test_a_row_that_fails_is_listed_with_its_reason_and_the_report_still_written
     assert report["lightning_vs_plain"] is None and report["lightning_vs_plain_runs"] == []
     assert report["compile"] == {"status": "skipped", "reason": "no eager row finished"}
     assert (tmp_path / "module4_amp_vs_fp32.png").stat().st_size > 10_000
+
+
+def fake_record(row: Row, c: dict, validate: bool) -> dict:
+    """A run's record as the probes write it, without running: an fp32 step takes 1 s, an emulated bf16 one 20 s,
+    and starting, loading and validating 2 s."""
+    step = 20.0 if row.precision.startswith("bf16") else 1.0
+    ends = [step * (i + 1) for i in range(c["steps"])]
+    record = {"status": "ok", "non_finite": False, "samples": c["steps"] * c["batch_size"], "step_end_seconds": ends,
+              "losses": [0.69] * c["steps"], "peak_mem_mb": 100.0, "memory": "rss_above_idle",
+              "val": {"val/f1": 0.5, "val/loss": 0.69, "val/acc": 0.5} if validate else {},
+              "wall_seconds": ends[-1] + 2.0}  # fmt: skip
+    return {**record, "timing": timing(record, c["warmup_steps"])}
+
+
+@pytest.mark.parametrize("mode", ["fewer", "skip", "full", "in hardware"])
+def test_emulated_bf16_rows_run_fewer_steps_say_why_and_the_duration_is_estimated(tmp_path, monkeypatch, capsys,
+                                                                                 mode):  # fmt: skip
+    import llm_course.optimization.bench as bench
+
+    ran = []
+
+    def run_row(row, c, runs_dir, index, timeout, validate=True):
+        ran.append((row.name, c["steps"], c["samples"]))
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        return fake_record(row, c, validate)
+
+    def no_probe():
+        raise AssertionError("the matmul probe runs only where bf16 is emulated")
+
+    in_hardware = mode == "in hardware"
+    monkeypatch.setattr(bench, "run_row", run_row)
+    cpu = {"device": "cpu", "bf16_in_hardware": in_hardware, "threads": 1}  # which CPU this is, decided here
+    monkeypatch.setattr(bench, "hardware", lambda cuda: cpu)
+    monkeypatch.setattr(bench, "bf16_matmul_slowdown", no_probe if in_hardware else lambda: 10.0)
+    train = write_jsonl(tmp_path / "train.jsonl", review_rows(8))
+    run_cli("bench", "precision", "--train_file", train, "--output_dir", tmp_path, "--task_config",
+            CONFIGS / "imdb.yaml", "--steps", 8, "--warmup_steps", 1, "--pair_repeats", 1, "--compile", "false",
+            "--precisions", '["32-true", "bf16-mixed", "bf16-true"]',
+            *(() if in_hardware else ("--emulated_bf16", mode)))  # fmt: skip
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "precision.json").read_text())
+    rows, bf16_names = report["rows"], ["lightning bf16-mixed", "lightning bf16-true"]
+    for name in ("lightning 32-true", "plain 32-true"):
+        assert rows[name]["steps"] == 8 and rows[name]["emulated_bf16"] is False and "steps_reason" not in rows[name]
+    bf16_steps = {"fewer": 3, "full": 8, "in hardware": 8}.get(mode)  # fewer: max(warm-up + 2, 8 / 4)
+    runs = [("lightning 32-true", 8), ("plain 32-true", 8)] + [(n, bf16_steps) for n in bf16_names if bf16_steps]
+    assert ran == [(name, steps, steps * 16) for name, steps in runs]  # one epoch of those steps: it validates
+    assert out.index("bench precision: ") < out.index("lightning 32-true: 16.00 samples/s")  # the plan comes first
+    if in_hardware:
+        assert all(not rows[n]["emulated_bf16"] and rows[n]["steps"] == 8 for n in bf16_names)
+        assert "bf16 is emulated" not in out and report["settings"]["emulated_bf16_steps"] is None
+        assert "time estimate: about 40 s in all" in out  # 4 runs × (2 s + 8 steps × 1 s)
+        return
+    assert "bf16 is emulated on this CPU (no AVX512-BF16/AMX units): a bf16 matmul took 10.0x" in out
+    assert "lightning bf16-mixed, lightning bf16-true " in out
+    assert report["hardware"]["bf16_matmul_slowdown"] == 10.0 and report["settings"]["emulated_bf16"] == mode
+    for name in bf16_names:
+        row = rows[name]
+        assert row["emulated_bf16"] is True and row["steps_reason"].startswith("bf16 is emulated on this CPU")
+    if mode == "skip":
+        assert all(rows[n]["status"] == "skipped" and rows[n]["steps"] is None for n in bf16_names)
+        reason = rows["lightning bf16-true"]["reason"]
+        assert "--emulated_bf16=skip" in reason and rows["lightning bf16-true"]["steps_reason"] == reason
+        assert "time estimate: about 20 s in all" in out  # 2 fp32 runs: 2 × (2 s + 8 steps × 1 s)
+        return
+    row = rows["lightning bf16-true"]
+    assert row["status"] == "ok" and len(row["losses"]) == bf16_steps and row["samples_per_sec"] == 0.8
+    assert report["settings"]["emulated_bf16_steps"] == bf16_steps
+    if mode == "fewer":
+        assert "3 of 8 steps (--emulated_bf16=fewer)" in row["steps_reason"] and "run 3 of 8 steps" in out
+        # after the first run: 4 × 2 s + 2 × 8 fp32 steps + 2 × 3 bf16 steps counted 10x (the probe) = 84 s;
+        # after the first bf16 row, whose step took 20x an fp32 one: 8 + 16 + 120 s = 2 min
+        assert "time estimate: about 84 s in all" in out and "counted 10.0x, from the matmul probe" in out
+        assert "time estimate revised: about 2 min in all" in out and "counted 20.0x, as measured" in out
+        # the figure marks the emulated rows: hatched bars, "emulated bf16, 3 steps" under them
+        fig = bench.figure(rows, {n: Row(r["loop"], r["precision"], r["compile"]) for n, r in rows.items()}, report)
+        marked = [n in bf16_names for n in rows]
+        assert [bar.get_hatch() == "//" for bar in fig.axes[0].patches] == marked
+        assert [t.get_text().endswith("emulated bf16, 3 steps") for t in fig.axes[0].get_xticklabels()] == marked
+    else:
+        assert row["steps_reason"].endswith("all 8 steps (--emulated_bf16=full)") and "run all 8 steps" in out
+        assert "time estimate: about 3 min in all" in out  # 8 s + 16 s + 2 × 8 steps × 10 s = 184 s
+
+
+def test_the_matmul_probe_gives_a_ratio():
+    from llm_course.optimization.emulated import bf16_matmul_slowdown
+
+    ratio = bf16_matmul_slowdown(seconds=0.01)
+    assert math.isfinite(ratio) and ratio > 0

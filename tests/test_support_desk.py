@@ -66,6 +66,14 @@ def test_route_applies_the_rules_around_the_model():
     assert route("hello", 0.1, 0.9, call, settings).name == "search_help"
     assert route("hello", 0.1, 0.9, Decision(None, json_ok=False), settings).arguments == {"reason": "other"}
     assert route("change my card number", 0.9, 0.0, call, Settings(guards=False)).name == "search_help"
+    shouted = route("WHERE IS IT??? Useless!", 0.1, 0.9, call, settings)  # the classifier missed it; the words did not
+    assert shouted.arguments == {"reason": "angry"} and shouted.by == "rule: angry words ('Useless')"
+    assert route("WHERE IS IT??? Useless!", 0.1, 0.9, call, Settings(angry_words=False)).name == "search_help"
+    off_topic = route("hello", 0.1, 0.9, call, Settings(max_off_topic=0.6), off_topic=0.7)
+    assert off_topic.arguments == {"reason": "not_covered"} and off_topic.by == "rule: off-topic 0.70 >= 0.6"
+    assert route("hello", 0.1, 0.9, call, Settings(max_off_topic=0.6), off_topic=0.5).name == "search_help"
+    lookup = Decision("lookup_order", {"order_id": 1042})
+    assert route("order 1042", 0.1, 0.1, lookup, settings, off_topic=0.99).name == "lookup_order"  # gates: searches
     assert order_ids("order #1042, and order no. 1017") == [1042, 1017]
 
 
@@ -129,7 +137,10 @@ def test_the_help_centre_has_ten_to_twenty_pages_that_answer_with_citations(desk
     assert found["citations"][0].startswith("[1] returns.md") and "30 days" in found["answer"]
     covered = help_centre.support("How many days do I have to return something?")
     assert help_centre.support("Would you sponsor our football club?")["dense"] < 0.3 < covered["dense"]
-    assert set(covered) == {"dense", "coverage", "mean"}
+    assert set(covered) == {"dense", "coverage", "mean", "off_topic"}
+    # the scope head sees what the retrieval signals miss: a close word ("warehouse") on a request no page is about
+    jobs, returns = help_centre.off_topic(["Could I apply for a summer job with you?", "Can I return a mug?"])
+    assert jobs > 0.6 > 0.3 > returns
     assert help_centre.section("order-status.md", "shipped")["citation"] == "order-status.md#shipped"
 
 
@@ -170,6 +181,23 @@ def test_support_command_prints_the_trace_and_creates_the_database(tmp_path, cap
     out = capsys.readouterr().out
     assert db.is_file() and "sentiment: " in out and "fallback: logistic regression" in out
     assert "lookup_order {'order_id': 1017}" in out and "order-status.md#" in out and "hand-over: no" in out
+
+
+def test_the_desk_built_for_serve_chooses_with_the_engine_it_is_given(tiny_llama, tmp_path):
+    from llm_course.agent.commands import build_desk
+    from llm_course.inference import GenerationEngine
+
+    with pytest.raises(ConfigError, match="no model is loaded"):
+        build_desk("model", None)
+    engine = GenerationEngine.load(tiny_llama, device="cpu")  # as serve passes its first loaded model
+    # no examples: their prompt outgrows the tiny model's 1,024 byte-level tokens
+    desk = build_desk("model", engine, few_shot=False, db=str(tmp_path / "orders.sqlite"), help_index=None)
+    assert desk.policy.engine is engine and desk.policy.label == "constrained, quoting, 0-shot"
+    asked = desk.handle("How do I return a mug?")
+    assert asked.trace[1]["tool"] == "(model call)" and asked.trace[1]["by"] == "constrained, quoting, 0-shot"
+    assert asked.trace[1]["error"] is None  # the grammar makes the random model's call valid
+    paying = desk.handle("Please change the card number I pay with")  # a rule decides: the model is not asked
+    assert paying.handed_over and [s["tool"] for s in paying.trace] == ["classify_sentiment", "hand_over"]
 
 
 # ---- the labelled data -----------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ COMMANDS: dict[str, str | dict[str, str]] = {
     "export": {"onnx": "llm_course.export.onnx:onnx", "predict": "llm_course.export.onnx_classifier:predict"},
     "agent": "llm_course.agent.commands:agent",
     "support": "llm_course.agent.commands:support",
+    "agent-data": "llm_course.agent.tooluse_data:agent_data",
     "tour": "llm_course.tour.command:tour",
     "bench": BENCHMARKS,
 }
@@ -50,6 +51,7 @@ HELP = {
     "rag raft-data (training data for the grounded-answer LoRA)",
     "agent": "do a task with tools (search_notes, calculate, classify_sentiment, desk tools), printing each step",
     "support": "the support desk of a fictional shop: sentiment, tool trace, cited reply or hand-over to a person",
+    "agent-data": "training data for a tool-use LoRA in the agent's and the desk's chat format (agent_lora.yaml)",
     "tour": "every module in a short run on the embedded assets, with a Markdown and a self-contained HTML report",
     "bench": f"run a benchmark, writing JSON and a figure: {', '.join(BENCHMARKS)}",
 }

@@ -4,6 +4,8 @@ Variants: the keyword-rule baseline, the base model writing calls freely (parsed
 decoding under the call grammar (and a LoRA adapter under the grammar, when given). Every setting (few-shot examples
 or none, the hand-over rules on or off, the anger threshold, the help-centre support signal and its threshold) is
 chosen on the validation messages and reported on the test messages; among equals, the first in the grid's order.
+The anger threshold, the support signal and threshold, the scope head's threshold and the angry-words rule are one
+grid, searched together.
 """
 
 import itertools
@@ -18,6 +20,7 @@ from llm_course.reports import write_report
 
 ANGRY_GRID = (0.5, 0.4, 0.6, 0.3, 0.7, 0.8, 0.9)  # the default first: it wins ties
 SUPPORT_GRID = tuple(round(0.36 + 0.02 * k * s, 2) for k in range(16) for s in ((1, -1) if k else (1,)))
+OFF_TOPIC_GRID = (0.5, 0.6, 0.4, 0.7, 0.3, 0.8, 0.9, 1.01)  # 1.01: the scope head off
 
 
 def bench_agent(
@@ -111,9 +114,9 @@ def bench_agent(
         found = []
         for r in part:
             (mood, support, support_s), d = facts[r["id"]], decisions[label][r["id"]]
-            action = route(r["message"], mood.anger, support[settings.signal], d, settings)
+            action = route(r["message"], mood.anger, support[settings.signal], d, settings, support["off_topic"])
             citations, pages, act_s = act(action)
-            model_s = 0.0 if action.by.startswith(("rule: payment", "rule: anger")) else d.seconds  # not asked
+            model_s = 0.0 if action.by.startswith(("rule: payment", "rule: anger", "rule: angry")) else d.seconds
             found.append({"decision": None if label == "keyword rules" else d.as_dict(), "action": action.as_dict(),
                           "pages": pages, "citations": citations,
                           "seconds": mood_s + (support_s if settings.guards else 0) + model_s + act_s})  # fmt: skip
@@ -123,11 +126,11 @@ def bench_agent(
     families: dict[str, list[str]] = {}
     for label in policies:
         families.setdefault(label.rsplit(",", 1)[0], []).append(label)
-    guarded = list(itertools.product(ANGRY_GRID, SUPPORT_GRID, SIGNALS))
+    guarded = list(itertools.product(ANGRY_GRID, SUPPORT_GRID, SIGNALS, OFF_TOPIC_GRID, (True, False)))
     for family, members in families.items():
         grid = [(lab, Settings(guards=False)) for lab in members] if family == "keyword rules" else [
-            (lab, Settings(g, a, m, s)) for lab in members for g in (True, False)
-            for a, m, s in (guarded if g else [(1.0, 0.0, "dense")])]  # fmt: skip
+            (lab, Settings(g, *chosen)) for lab in members for g in (True, False)
+            for chosen in (guarded if g else [(1.0, 0.0, "dense", 1.01, False)])]  # fmt: skip
         for lab in members:
             decide(lab, parts["validation"])
         scored = []
@@ -140,6 +143,7 @@ def bench_agent(
         variants[family] = {"chosen": {"variant": lab, "guards": settings.guards,
                                        "angry_threshold": settings.angry_threshold,
                                        "min_support": settings.min_support, "signal": settings.signal,
+                                       "max_off_topic": settings.max_off_topic, "angry_words": settings.angry_words,
                                        "chosen_on": "validation messages"},
                             **{split: desk_metrics(part, outcomes(lab, settings, part))
                                for split, part in parts.items()}}  # fmt: skip

@@ -2,9 +2,12 @@
 
 The call a model writes is one JSON object, ``{"name": TOOL, "arguments": {...}}``. Its schema is an ``anyOf`` with
 one branch per tool (the name as a ``const``, the arguments as that tool's schema), compiled by llguidance into a
-grammar over the model's own tokens. At each step :class:`GrammarLogitsProcessor` asks the matcher which tokens may
-come next and sets every other logit to -inf: the model still chooses (which tool, which words), but only among
-continuations that keep the text valid. When the object is complete, only the end-of-turn token is allowed.
+grammar over the model's own tokens. At each step a :class:`GrammarConstraint` says which tokens may come next and
+every other logit is set to -inf: the model still chooses (which tool, which words), but only among continuations
+that keep the text valid. When the object is complete, only the end-of-turn token is allowed. The server's decode
+batch drives one constraint per constrained row; :func:`generate` drives one through :class:`GrammarLogitsProcessor`.
+With ``or_text``, :class:`CallGrammar` allows either the call or a text answer that does not start with ``{``
+(the server's ``tool_choice="auto"``).
 
 llguidance (the grammar engine behind vLLM's, SGLang's and llama.cpp's ``--llguidance`` structured outputs) was
 chosen over xgrammar, outlines and lm-format-enforcer for this course: a 3 MB wheel with no dependencies that works
@@ -29,16 +32,28 @@ JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separ
 _TOKENIZERS: dict[int, Any] = {}  # llguidance's view of a tokenizer costs ~0.4 s to build: once per tokenizer
 
 
+# free text that cannot be taken for a call: it does not start with "{" (a call is the only reply that does)
+TEXT_RULE = r"/[^{](.|\n)*/"
+
+
 def call_schema(tools: list[Tool]) -> dict[str, Any]:
-    """The JSON schema of one call to any of ``tools``: ``{"name": ..., "arguments": {...}}``."""
-    branches = [{"type": "object", "properties": {"name": {"const": t.name}, "arguments": t.parameters},
-                 "required": ["name", "arguments"], "additionalProperties": False} for t in tools]  # fmt: skip
-    return branches[0] if len(branches) == 1 else {"anyOf": branches}
+    """The JSON schema of one call to any of ``tools``: ``{"name": ..., "arguments": {...}}``. Each tool's
+    ``$defs`` (pydantic writes them, with ``#/$defs/...`` references) move to the root, where the references point.
 
-
-def render_call(name: str, arguments: dict[str, Any]) -> str:
-    """A call as the model is shown and asked to write it."""
-    return json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False)
+    Raises:
+        ValueError: two tools define the same ``$defs`` name differently.
+    """
+    defs: dict[str, Any] = {}
+    branches = []
+    for t in tools:
+        arguments = {k: v for k, v in t.parameters.items() if k != "$defs"}
+        for name, schema in t.parameters.get("$defs", {}).items():
+            if defs.setdefault(name, schema) != schema:
+                raise ValueError(f"tool {t.name} defines $defs/{name} unlike another tool: rename one of them")
+        branches.append({"type": "object", "properties": {"name": {"const": t.name}, "arguments": arguments},
+                         "required": ["name", "arguments"], "additionalProperties": False})  # fmt: skip
+    root = branches[0] if len(branches) == 1 else {"anyOf": branches}
+    return root | ({"$defs": defs} if defs else {})
 
 
 @dataclass
@@ -93,52 +108,83 @@ def ll_tokenizer(tokenizer: Any, vocab_size: int) -> Any:
 
 
 class CallGrammar:
-    """A call schema compiled for one tokenizer; :meth:`processor` gives a fresh logits processor per reply."""
+    """A call schema compiled for one tokenizer (with ``or_text``: the call or a text answer not starting with
+    ``{``); :meth:`constraint` gives a fresh state per reply, :meth:`processor` one for ``model.generate``.
 
-    def __init__(self, schema: dict[str, Any], tokenizer: Any, vocab_size: int) -> None:
-        import llguidance
-
-        self.schema, self.vocab_size, self.eos_token_id = schema, vocab_size, tokenizer.eos_token_id
-        self.tokenizer = ll_tokenizer(tokenizer, vocab_size)
-        self.grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
-        is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(self.grammar, self.tokenizer)
-        if is_error:
-            raise ValueError(f"the call schema does not compile: {messages[0]}")
-
-    def processor(self) -> "GrammarLogitsProcessor":
-        import llguidance
-
-        return GrammarLogitsProcessor(
-            llguidance.LLMatcher(self.tokenizer, self.grammar, log_level=0), self.eos_token_id
-        )
-
-
-class GrammarLogitsProcessor:
-    """A transformers logits processor (batch of one) that keeps only the tokens the grammar allows next.
-
-    Called once per step with the ids so far: it first feeds the matcher the token chosen at the previous step,
-    then masks the logits with the matcher's allowed-token bitmask (one bit per token id, little-endian words).
+    Raises:
+        MissingDependencyError: llguidance is not installed.
+        ValueError: the schema does not compile (the message is llguidance's).
     """
 
-    def __init__(self, matcher: Any, eos_token_id: int) -> None:
-        self.matcher, self.eos_token_id = matcher, eos_token_id
-        self.started, self.mask_s, self.steps = False, 0.0, 0
+    def __init__(self, schema: dict[str, Any], tokenizer: Any, vocab_size: int, or_text: bool = False) -> None:
+        self.schema, self.vocab_size, self.eos_token_id = schema, vocab_size, tokenizer.eos_token_id
+        self.tokenizer = ll_tokenizer(tokenizer, vocab_size)
+        import llguidance
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        if input_ids.shape[0] != 1:
-            raise ValueError(f"constrained decoding here takes one sequence at a time, got {input_ids.shape[0]}")
+        if or_text:  # %json takes the options inside the schema
+            call = json.dumps(schema | {"x-guidance": JSON_OPTIONS})
+            self.grammar = llguidance.LLMatcher.grammar_from_lark(f"start: call | text\ncall: %json {call}\n"
+                                                                  f"text: {TEXT_RULE}\n")  # fmt: skip
+        else:
+            self.grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
+        is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(self.grammar, self.tokenizer)
+        if is_error:
+            raise ValueError(f"the call schema does not compile: {messages[0] if messages else 'no reason given'}")
+
+    def constraint(self) -> "GrammarConstraint":
+        import llguidance
+
+        return GrammarConstraint(llguidance.LLMatcher(self.tokenizer, self.grammar, log_level=0), self.eos_token_id)
+
+    def processor(self) -> "GrammarLogitsProcessor":
+        return GrammarLogitsProcessor(self.constraint())
+
+
+class GrammarConstraint:
+    """One reply's place in a grammar: :meth:`allowed` says which token ids may come next, :meth:`advance` takes the
+    token chosen. The decode batch calls both for its constrained rows (the first token too, from the prefill)."""
+
+    def __init__(self, matcher: Any, eos_token_id: int) -> None:
+        self.matcher, self.eos_token_id, self.mask_s, self.steps = matcher, eos_token_id, 0.0, 0
+
+    def allowed(self, vocab_size: int) -> torch.Tensor:
+        """A boolean mask over ``vocab_size`` ids (on the CPU), from the matcher's bitmask: one bit per token id,
+        little-endian words."""
         start = time.perf_counter()
-        if self.started:
-            self.matcher.consume_token(int(input_ids[0, -1]))
-        self.started = True
         bits = np.unpackbits(np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8), bitorder="little")
-        allowed = torch.zeros(scores.shape[-1], dtype=torch.bool)
-        n = min(len(bits), scores.shape[-1])
+        allowed = torch.zeros(vocab_size, dtype=torch.bool)
+        n = min(len(bits), vocab_size)
         allowed[:n] = torch.from_numpy(bits[:n].astype(bool))
         if not allowed.any():  # an error state (it should not happen): end the reply rather than emit anything
             allowed[self.eos_token_id] = True
         self.mask_s += time.perf_counter() - start
         self.steps += 1
+        return allowed
+
+    def advance(self, token: int) -> None:
+        start = time.perf_counter()
+        self.matcher.consume_token(token)
+        self.mask_s += time.perf_counter() - start
+
+
+class GrammarLogitsProcessor:
+    """A transformers logits processor (batch of one) over a :class:`GrammarConstraint`: called once per step with
+    the ids so far, it first advances the constraint by the token chosen at the previous step, then masks."""
+
+    def __init__(self, constraint: GrammarConstraint) -> None:
+        self.constraint, self.started = constraint, False
+
+    @property
+    def mask_s(self) -> float:
+        return self.constraint.mask_s
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if input_ids.shape[0] != 1:
+            raise ValueError(f"constrained decoding here takes one sequence at a time, got {input_ids.shape[0]}")
+        if self.started:
+            self.constraint.advance(int(input_ids[0, -1]))
+        self.started = True
+        allowed = self.constraint.allowed(scores.shape[-1])
         return scores.masked_fill(~allowed.to(scores.device), float("-inf"))
 
 

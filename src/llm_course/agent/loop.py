@@ -13,12 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from llm_course.agent.constrained import render_call
+from llm_course.agent.messages import FINAL, render_call, result_message, short
 from llm_course.agent.policy import Decision, Policy
 from llm_course.agent.tools import Tool, ToolBox, tool
 
-FINAL = "final_answer"
-RESULT_CHARS = 600  # of a tool result shown to the model: a small model's context is short
 Stop = Literal["answer", "max_steps", "max_seconds", "repeated_call"]
 
 
@@ -72,16 +70,6 @@ class AgentRun:
     def as_dict(self) -> dict[str, Any]:
         return {"task": self.task, "answer": self.answer, "stopped": self.stopped, "seconds": round(self.seconds, 3),
                 "steps": [s.as_dict() for s in self.steps]}  # fmt: skip
-
-
-def short(value: Any, limit: int = RESULT_CHARS) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def result_message(name: str, value: Any) -> dict[str, str]:
-    """A tool's result as the next user turn (SmolLM2's chat template knows only system, user and assistant)."""
-    return {"role": "user", "content": f"Result of {name}: {short(value)}\nCall another tool or {FINAL}."}
 
 
 def run_agent(task: str, policy: Policy, toolbox: ToolBox, max_steps: int = 4, max_seconds: float = 60.0,

@@ -11,12 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from llm_course.agent.constrained import CallGrammar, call_schema, generate, parse_call, render_call
+from llm_course.agent.constrained import CallGrammar, call_schema, generate, parse_call
+from llm_course.agent.messages import render_call, system_prompt
 from llm_course.agent.prefix import PrefixCache
 from llm_course.agent.tools import Tool
 from llm_course.inference.sampling import InvalidRequest
-
-CALL_FORMAT = 'Answer with one JSON object and nothing else: {"name": TOOL, "arguments": {...}}.'
 
 
 @dataclass
@@ -45,12 +44,6 @@ class Policy(Protocol):
 
 
 Example = list[tuple[str, str, dict[str, Any]] | tuple[str, str]]  # (user text, tool, arguments) or (user, tool result)
-
-
-def system_prompt(intro: str, tools: list[Tool]) -> str:
-    """The instructions: who the assistant is, one line per tool, and the call format."""
-    lines = "\n".join(f"- {t.signature()}" for t in tools)
-    return f"{intro}\nTools:\n{lines}\n{CALL_FORMAT}"
 
 
 def example_turns(examples: list[Example]) -> list[dict[str, str]]:

@@ -29,7 +29,7 @@ class Tool:
     name: str
     description: str
     parameters: dict[str, Any]  # a JSON schema: {"type": "object", "properties": ..., "required": ...}
-    function: Callable[..., Any] = field(repr=False)
+    function: Callable[..., Any] | None = field(default=None, repr=False)  # None: a client's tool (the server's API)
 
     def openai(self) -> dict[str, Any]:
         """The tool in the OpenAI ``tools`` format (what vLLM, llama.cpp's server and hosted APIs accept)."""
@@ -38,16 +38,17 @@ class Tool:
 
     def signature(self) -> str:
         """One line for a prompt: ``lookup_order(order_id: integer): Look an order up by its number.``"""
-        args = ", ".join(f"{k}: {type_name(v)}" for k, v in self.parameters["properties"].items())
+        args = ", ".join(f"{k}: {type_name(v)}" for k, v in self.parameters.get("properties", {}).items())
         return f"{self.name}({args}): {self.description}"
 
 
 def type_name(schema: dict[str, Any]) -> str:
     if "enum" in schema:
         return " | ".join(map(repr, schema["enum"]))
-    if schema.get("type") == "array":
-        return f"list of {type_name(schema['items'])}"
-    return schema.get("type", "any")
+    kind = schema.get("type", "any")
+    if kind == "array":
+        return f"list of {type_name(schema.get('items', {}))}"
+    return " | ".join(kind) if isinstance(kind, list) else str(kind)
 
 
 def parse_docstring(doc: str | None) -> tuple[str, dict[str, str]]:

@@ -5,6 +5,12 @@ Any OpenAI client (the official ``openai`` package, LangChain, curl) talks to it
 "code"}}``, never echoing the whole input, and the server keeps serving. :class:`~.guard.Guard` checks the Host, the
 API key and the body size before a route runs; a client that goes away (while its request waits or while it is
 answered, streaming or not) cancels its reply, which frees its place.
+
+Function calling follows OpenAI's: ``tools``, ``tool_choice`` (``auto``, ``none``, ``required`` or a named function)
+and ``parallel_tool_calls`` in; ``tool_calls`` out, whole or streamed as ``delta.tool_calls``; assistant messages with
+``tool_calls`` and ``tool`` messages in the next request. A call decodes under a grammar of the tools' schemas
+(llguidance, the ``[agent]`` extra), so it always parses and names a real tool; a reply holds at most one call
+(:mod:`.functions`).
 """
 
 import asyncio
@@ -19,9 +25,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.sse import format_sse_event
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from llm_course.inference.engine import GenerationEngine
+from llm_course.inference.functions import ReplyReader, ToolCall, ToolSpec, call_constraint, plan_tools, prompt_messages
 from llm_course.inference.guard import Guard
 from llm_course.inference.request import Generation
 from llm_course.inference.sampling import InvalidRequest, SamplingParams
@@ -36,12 +43,23 @@ class TextPart(BaseModel):
 
 
 class Message(BaseModel):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None  # None only beside tool_calls
+    tool_calls: list[ToolCall] | None = None  # an assistant's earlier calls
+    tool_call_id: str | None = None  # a tool message: the call it answers
 
-    def plain(self) -> dict[str, str]:
-        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
-        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+    @model_validator(mode="after")
+    def complete(self) -> "Message":
+        if self.role == "tool" and self.tool_call_id is None:
+            raise ValueError("a tool message needs tool_call_id, the id of the call it answers")
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content is missing (it may be null only in an assistant message with tool_calls)")
+        return self
+
+    def plain(self) -> dict[str, Any]:
+        text = self.content if isinstance(self.content, str | None) else "".join(p.text for p in self.content)
+        return {"role": "system" if self.role == "developer" else self.role, "content": text,
+                "tool_calls": self.tool_calls, "tool_call_id": self.tool_call_id}  # fmt: skip
 
 
 class StreamOptions(BaseModel):
@@ -50,7 +68,8 @@ class StreamOptions(BaseModel):
 
 class ChatRequest(BaseModel):
     """The fields of OpenAI's chat completion request that a local model can honour (others are ignored),
-    plus ``top_k`` and ``repetition_penalty`` as extensions. Ranges are checked by :class:`SamplingParams`."""
+    plus ``top_k`` and ``repetition_penalty`` as extensions. Ranges are checked by :class:`SamplingParams`, tools by
+    :func:`~.functions.plan_tools`; ``parallel_tool_calls`` is accepted, but a reply holds at most one call."""
 
     model: str
     messages: list[Message] = Field(min_length=1)
@@ -65,6 +84,9 @@ class ChatRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = 1
+    tools: list[ToolSpec] | None = None
+    tool_choice: str | dict[str, Any] | None = None  # checked by plan_tools, which names what is wrong
+    parallel_tool_calls: bool | None = None
 
 
 class UnknownModel(Exception):
@@ -181,17 +203,22 @@ def build_app(engines: dict[str, GenerationEngine], scheduler: Scheduler, defaul
     async def chat_completions(body: ChatRequest, request: Request) -> JSONResponse | StreamingResponse:
         engine = engine_for(body.model)
         params = sampling_params(body, defaults)
-        messages = [m.plain() for m in body.messages]
-        generation = await scheduler.start(engine, messages, params)
+        plan = plan_tools(body.tools, body.tool_choice)
+        messages = prompt_messages([m.plain() for m in body.messages], plan)
+        constraint = (lambda: call_constraint(plan, engine)) if plan.constrained else None
+        generation = await scheduler.start(engine, messages, params, constraint)
         reply_id, now = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        reader = ReplyReader(may_call=plan.constrained)
         if body.stream:
             usage_chunk = body.stream_options is not None and body.stream_options.include_usage
-            events = stream_events(generation, reply_id, now, body.model, usage_chunk, request.receive)
+            events = stream_events(generation, reply_id, now, body.model, usage_chunk, request.receive, reader)
             return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         async with cancelled_on_disconnect(request.receive, generation):
-            text = "".join([p async for p in pieces(generation)])
-        choice = {"index": 0, "message": {"role": "assistant", "content": text},
-                  "finish_reason": finish_reason(generation)}  # fmt: skip
+            async for piece in pieces(generation):
+                reader.feed(piece)
+        reader.finish()
+        choice = {"index": 0, "message": reader.message(),
+                  "finish_reason": reader.finish_reason(finish_reason(generation))}  # fmt: skip
         return JSONResponse({"id": reply_id, "object": "chat.completion", "created": now, "model": body.model,
                              "choices": [choice], "usage": usage(generation),
                              "timings": generation.stats.as_dict()})  # fmt: skip
@@ -210,13 +237,16 @@ def usage(generation: Generation) -> dict[str, int]:
 
 
 async def stream_events(generation: Generation, reply_id: str, created: int, model: str, include_usage: bool = False,
-                        receive: Receive | None = None) -> AsyncIterator[bytes]:  # fmt: skip
-    """Server-sent events in OpenAI's streaming format: a role delta, content deltas, a chunk with the finish reason
+                        receive: Receive | None = None,
+                        reader: ReplyReader | None = None) -> AsyncIterator[bytes]:  # fmt: skip
+    """Server-sent events in OpenAI's streaming format: a role delta, content deltas (or ``tool_calls`` deltas: the
+    call's id and name, then its arguments in pieces, as ``reader`` releases them), a chunk with the finish reason
     (and our ``timings``), with ``include_usage`` a last chunk with ``choices: []`` and the usage counts (every other
     chunk then has ``usage: null``, as OpenAI sends), then ``data: [DONE]``."""
     extra = {"usage": None} if include_usage else {}
+    reader = reader or ReplyReader(may_call=False)
 
-    def chunk(delta: dict[str, str], finish: str | None = None, **more: Any) -> bytes:
+    def chunk(delta: dict[str, Any], finish: str | None = None, **more: Any) -> bytes:
         data = {"id": reply_id, "object": "chat.completion.chunk", "created": created, "model": model,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra, **more}  # fmt: skip
         return format_sse_event(data_str=json.dumps(data))
@@ -225,13 +255,16 @@ async def stream_events(generation: Generation, reply_id: str, created: int, mod
         yield chunk({"role": "assistant", "content": ""})
         try:
             async for piece in pieces(generation):
-                yield chunk({"content": piece})
+                for delta in reader.feed(piece):
+                    yield chunk(delta)
+            for delta in reader.finish():
+                yield chunk(delta)
         except Exception as err:  # the status line is sent already: report in the stream, as OpenAI does
             error = {"error": {"message": f"generation failed: {type(err).__name__}: {clip(str(err), 300)}",
                                "type": "server_error", "param": None, "code": None}}  # fmt: skip
             yield format_sse_event(data_str=json.dumps(error))
         else:
-            yield chunk({}, finish_reason(generation), timings=generation.stats.as_dict())
+            yield chunk({}, reader.finish_reason(finish_reason(generation)), timings=generation.stats.as_dict())
             if include_usage:
                 data = {"id": reply_id, "object": "chat.completion.chunk", "created": created, "model": model,
                         "choices": [], "usage": usage(generation)}  # fmt: skip

@@ -10,7 +10,9 @@ measurements). A :class:`DecodeBatch` holds the rows that decode together on one
   two are stacked;
 - a row that finishes leaves at once, and the columns that only padding still uses are cut away;
 - each row samples with its own settings and its own random generator (its seed), cuts its own stop strings and
-  ends for its own reason (:data:`~llm_course.inference.request.FinishReason`).
+  ends for its own reason (:data:`~llm_course.inference.request.FinishReason`);
+- a row with a :class:`~llm_course.inference.request.Constraint` (a tool call's grammar) samples only among the
+  tokens it allows, and advances it by each token it takes (the first one, from the prefill, too).
 
 The server's :class:`~llm_course.inference.scheduler.Scheduler` decides which rows join; :func:`decode_alone` runs
 a batch of one for the terminal commands.
@@ -55,7 +57,7 @@ class IncrementalText:
 
 
 class Row:
-    """One reply inside a batch: its detokenizer, stop strings, logits processors and random generator."""
+    """One reply inside a batch: its detokenizer, stop strings, constraint, logits processors and random generator."""
 
     def __init__(self, generation: Generation, tokenizer: Any, device: torch.device) -> None:
         from transformers import RepetitionPenaltyLogitsProcessor as Penalty
@@ -63,6 +65,7 @@ class Row:
 
         p = generation.params
         self.generation, self.text, self.scanner = generation, IncrementalText(tokenizer), StopScanner(p.stop)
+        self.constraint = generation.constraint
         self.penalty = Penalty(p.repetition_penalty) if p.repetition_penalty != 1 else None
         self.warpers: list[Any] | None = None  # None: greedy
         if p.temperature > 0:  # the warpers ``generate`` applies, in its order
@@ -196,21 +199,27 @@ class DecodeBatch:
         greedy = logits.argmax(-1).tolist()
         tokens = []
         for i, row in enumerate(rows):
-            if row.penalty is None and row.warpers is None:
+            if row.constraint is None and row.penalty is None and row.warpers is None:
                 tokens.append(greedy[i])
                 continue
-            scores = logits[i : i + 1]
-            history = row.history(self.device)
-            if row.penalty is not None:
-                scores = row.penalty(history, scores.clone())
-            if row.warpers is None:
-                tokens.append(int(scores.argmax(-1)))
-                continue
-            for warp in row.warpers:
-                scores = warp(history, scores)
-            probs = torch.softmax(scores, dim=-1)
-            tokens.append(int(torch.multinomial(probs, 1, generator=row.generator)))
+            tokens.append(self._sample_row(logits[i : i + 1], row))
+            if row.constraint is not None:
+                row.constraint.advance(tokens[-1])
         return tokens
+
+    def _sample_row(self, scores: torch.Tensor, row: Row) -> int:
+        if row.constraint is not None:
+            allowed = row.constraint.allowed(scores.shape[-1]).to(scores.device)
+            scores = scores.masked_fill(~allowed, float("-inf"))
+        history = row.history(self.device)
+        if row.penalty is not None:
+            scores = row.penalty(history, scores.clone())
+        if row.warpers is None:
+            return int(scores.argmax(-1))
+        for warp in row.warpers:
+            scores = warp(history, scores)
+        probs = torch.softmax(scores, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=row.generator))
 
     def _join(self, rows: list[Row], cache: Any, mask: torch.Tensor, tokens: list[int]) -> None:
         positions, next_ids = mask.sum(-1), torch.tensor(tokens, device=self.device)

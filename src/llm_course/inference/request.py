@@ -3,7 +3,7 @@
 The decode loop (:mod:`llm_course.inference.batching`, driven by the server's scheduler or, for the terminal
 commands, by a thread of its own) fills it; one reader takes its text pieces, with ``for`` in a thread or with
 ``async for`` in an event loop, then reads ``stats``. Waiting, running and finished are a :class:`Status`; why a reply
-ended is a :data:`FinishReason`.
+ended is a :data:`FinishReason`. A reply may carry a :class:`Constraint` (a grammar) that its batch row decodes under.
 """
 
 import asyncio
@@ -13,12 +13,25 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from llm_course.inference.sampling import SamplingParams
 from llm_course.memory import current_mb, peak_mb
 
+if TYPE_CHECKING:
+    import torch
+
 FinishReason = Literal["stop", "length", "cancelled", "error"]
+
+
+class Constraint(Protocol):
+    """Which tokens a reply may take next (e.g. :class:`~llm_course.agent.constrained.GrammarConstraint`): its batch
+    row masks every other logit before sampling, then advances the constraint by the token it took."""
+
+    def allowed(self, vocab_size: int) -> "torch.Tensor":  # a boolean mask over the vocabulary
+        ...
+
+    def advance(self, token: int) -> None: ...
 
 
 class Status(enum.Enum):
@@ -58,14 +71,16 @@ class ReplyStats:
 
 
 class Generation:
-    """One reply: its prompt ids and settings, the text pieces decoded so far, and its stats once finished.
+    """One reply: its prompt ids, settings and optional ``constraint``, the text pieces decoded so far, and its stats
+    once finished.
 
     ``cancel()`` takes it out of the queue, or stops it at the next decode step; ``on_cancel`` is the scheduler's
     hook for the first case. Written by the decode loop's thread, read by one consumer.
     """
 
-    def __init__(self, engine: Any, prompt_ids: list[int], params: SamplingParams) -> None:
-        self.engine, self.prompt_ids, self.params = engine, prompt_ids, params
+    def __init__(self, engine: Any, prompt_ids: list[int], params: SamplingParams,
+                 constraint: Constraint | None = None) -> None:  # fmt: skip
+        self.engine, self.prompt_ids, self.params, self.constraint = engine, prompt_ids, params, constraint
         self.stats = ReplyStats(prompt_tokens=len(prompt_ids))
         self.status = Status.WAITING
         self.text, self.error = "", None

@@ -15,7 +15,7 @@ cancelled while it runs leaves its batch at the next step, and its slot is free 
 import threading
 import traceback
 from collections import Counter, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,7 @@ from fastapi.concurrency import run_in_threadpool
 from llm_course.errors import ConfigError
 from llm_course.inference.batching import DecodeBatch
 from llm_course.inference.engine import GenerationEngine
-from llm_course.inference.request import Generation
+from llm_course.inference.request import Constraint, Generation
 from llm_course.inference.sampling import InvalidRequest, SamplingParams
 
 MAX_BATCH_SIZE = 16  # rows decoding at once: the default is measured (notes/07)
@@ -116,22 +116,29 @@ class Scheduler:
                      "max_batch_size": self.max_batch_size}  # fmt: skip
             return {"queue": queue, "finished": dict(self.finished)}
 
-    async def start(self, engine: GenerationEngine, messages: list[dict[str, str]],
-                    params: SamplingParams) -> Generation:  # fmt: skip
+    async def start(self, engine: GenerationEngine, messages: list[dict[str, str]], params: SamplingParams,
+                    constraint: Callable[[], Constraint] | None = None) -> Generation:  # fmt: skip
         """Check and tokenize the request (in a worker thread), then queue it; returns at once, before it runs.
+        ``constraint`` makes the reply's constraint (a grammar to compile) in that worker thread, after the checks.
 
         Raises:
-            InvalidRequest: a cap, a sampling value or the context length is exceeded.
+            InvalidRequest: a cap, a sampling value or the context length is exceeded (or ``constraint`` raises it).
             QueueFull: the queue is full (checked before tokenizing, and again after).
         """
         self.limits.check(messages)
         self._check_room()
-        ids = await run_in_threadpool(engine.check, messages, params, self.limits.max_prompt_tokens)
-        return self.submit(engine, ids, params)
 
-    def submit(self, engine: GenerationEngine, prompt_ids: list[int], params: SamplingParams) -> Generation:
+        def prepare() -> tuple[list[int], Constraint | None]:
+            ids = engine.check(messages, params, self.limits.max_prompt_tokens)
+            return ids, constraint() if constraint is not None else None
+
+        ids, made = await run_in_threadpool(prepare)
+        return self.submit(engine, ids, params, made)
+
+    def submit(self, engine: GenerationEngine, prompt_ids: list[int], params: SamplingParams,
+               constraint: Constraint | None = None) -> Generation:  # fmt: skip
         """Queue a checked request (token ids from ``engine.check``); the decode thread admits it."""
-        generation = Generation(engine, prompt_ids, params)
+        generation = Generation(engine, prompt_ids, params, constraint)
         generation.on_cancel = self._withdraw
         with self._lock:
             self._check_room()

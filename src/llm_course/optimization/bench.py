@@ -5,6 +5,9 @@ same seed, for the same optimizer steps at the same batch, in a process of its o
 validation reviews (in the first run of each row; repeats only re-measure speed). The rows are run round-robin
 (``repeats`` rounds; the fp32 Lightning/plain pair ``pair_repeats`` times, alternating), so slow phases of a shared
 machine fall on every row alike. The records come from :mod:`llm_course.optimization.probes`.
+
+On a CPU without bf16 units the bf16 rows run fewer steps by default (:mod:`llm_course.optimization.emulated`), and
+the benchmark prints its plan before the first run and how long it expects to take after it.
 """
 
 import json
@@ -14,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from llm_course.errors import ConfigError, MissingFileError
+from llm_course.optimization.emulated import Clock, EmulatedBf16, bf16_matmul_slowdown
 from llm_course.optimization.rows import Row, cannot_run, hardware, plan_rounds, run_row, task_settings
 from llm_course.plotting import subplots
 from llm_course.reports import write_report
@@ -62,6 +66,7 @@ def bench_precision(
     model_name_or_path: str | None = None,
     task_config: str = "configs/imdb.yaml",
     accelerator: Literal["auto", "cpu", "gpu"] = "auto",
+    emulated_bf16: Literal["fewer", "skip", "full"] = "fewer",
     timeout: float = 1800,
 ) -> dict:
     """Module 3's fine-tune per precision (speed, memory, validation F1, NaN stops), compiled, and without Lightning.
@@ -78,8 +83,11 @@ def bench_precision(
     Per row: ``samples_per_sec`` (training steps after the first ``warmup_steps``, everything between two
     steps included, validation excluded), ``peak_mem_mb`` (CUDA max allocated; on a CPU the resident-set peak
     above the process's idle baseline with its data loaded), ``val_f1``/``val_loss`` after the run, the loss of
-    every step. Writes ``precision.json`` and the figure (speed, memory, F1 and the loss curves) as
-    ``module4_amp_vs_fp32.png`` and ``precision.png``, and each run's log and record under ``precision_runs/``.
+    every step; ``steps`` (the steps it ran), ``emulated_bf16`` and, for those rows, ``steps_reason``. Before the
+    first run it prints the plan (which rows are emulated bf16, with a matmul probe's slowdown), after the first
+    run an estimate of the whole duration (revised after the first emulated row). Writes ``precision.json`` and the
+    figure (speed, memory, F1 and the loss curves; emulated-bf16 rows hatched) as ``module4_amp_vs_fp32.png`` and
+    ``precision.png``, and each run's log and record under ``precision_runs/``.
 
     Args:
         train_file: labelled reviews (e.g. ``../shared/data/imdb/train.jsonl.gz``).
@@ -99,6 +107,10 @@ def bench_precision(
         task_config: the Lightning config of the task; the plain loop reads the same optimizer, schedule,
             clipping, dropout and data settings from it.
         accelerator: ``cpu``, ``gpu`` or ``auto`` (the GPU when CUDA is available).
+        emulated_bf16: the bf16 rows on a CPU that emulates bf16: ``fewer`` steps (a quarter of ``steps``, at least
+            ``warmup_steps`` + 2, over as many batches; their speed stays comparable, their F1 and loss do not),
+            ``skip`` them (listed with the reason), or the ``full`` ``steps``. Where bf16 runs in hardware it
+            changes nothing.
         timeout: seconds allowed per run.
     """
     import torch
@@ -121,29 +133,38 @@ def bench_precision(
          "val_fraction": val_fraction, "seed": seed, "cuda": cuda, "warmup_steps": warmup_steps}  # fmt: skip
     c["model_name_or_path"] = model_name_or_path or c["model_name_or_path"]
     c["lr"] = c["lr"] if lr is None else lr
+    hw = hardware(cuda)
+    emulated = not cuda and not hw.get("bf16_in_hardware") and any(p.startswith("bf16") for p in wanted)
+    bf16 = EmulatedBf16(emulated, emulated_bf16, steps, warmup_steps, bf16_matmul_slowdown() if emulated else 1.0)
 
     rows: dict[str, Row] = {}
     skipped: dict[str, str] = {}
     for p in PRECISIONS:
         if p in wanted or p == "32-true":
-            rows[f"lightning {p}"] = Row("lightning", p)
+            row = rows[f"lightning {p}"] = Row("lightning", p)
             reason = None if p == "32-true" else cannot_run(p, cuda, explicit=precisions is not None)
-            if reason:
-                skipped[f"lightning {p}"] = reason
+            if reason or (reason := bf16.skip_reason(row)):
+                skipped[row.name] = reason
     runnable = [r.precision for name, r in rows.items() if name not in skipped]
+    plan = plan_rounds(runnable, repeats, pair_repeats)
+    print(bf16.plan_text(plan, repeats if compile else 0, list(rows.values())), flush=True)
+    clock = Clock([(bf16.steps_of(row), bf16.applies(row)) for rnd in plan for row in rnd]
+                  + [(steps, False)] * (repeats if compile else 0), bf16.slowdown)  # fmt: skip
     runs_dir = Path(output_dir) / "precision_runs"
     runs: dict[str, list[dict[str, Any]]] = {}
     order: list[str] = []
     compiled: Row | None = None
-    for r, planned in enumerate(plan_rounds(runnable, repeats, pair_repeats)):
+    for r, planned in enumerate(plan):
         if compiled is not None and r < repeats:
             planned = [*planned, compiled]
         for row in planned:
-            record = run_row(row, c, runs_dir, len(order), timeout, validate=row.name not in runs)
+            record = run_row(row, bf16.settings(row, c), runs_dir, len(order), timeout, validate=row.name not in runs)
             runs.setdefault(row.name, []).append(record)
             order.append(row.name)
             show(row.name, record)
             (runs_dir / "partial.json").write_text(json.dumps(runs, indent=2) + "\n")  # kept if a later run dies
+            if line := clock.after(record, runs[order[0]][0], bf16.applies(row), len(order)):
+                print(line, flush=True)
         if r == 0 and compile:
             speeds = {n: v[0]["timing"]["samples_per_sec"] for n, v in runs.items()
                       if n.startswith("lightning") and v[0].get("timing")}  # fmt: skip
@@ -151,7 +172,7 @@ def bench_precision(
                 fastest = max(speeds, key=speeds.get)
                 compiled = Row("lightning", rows[fastest].precision, compile=True)
                 rows[compiled.name] = compiled
-                record = run_row(compiled, c, runs_dir, len(order), timeout)
+                record = run_row(compiled, bf16.settings(compiled, c), runs_dir, len(order), timeout)
                 runs[compiled.name] = [record]
                 order.append(compiled.name)
                 show(compiled.name, record)
@@ -160,18 +181,23 @@ def bench_precision(
     summary = {name: {"loop": row.loop, "precision": row.precision, "compile": row.compile, "status": "skipped",
                       "reason": skipped[name]} if name in skipped else summarize_row(row, runs[name])
                for name, row in rows.items() if name in skipped or name in runs}  # fmt: skip
+    for name, s in summary.items():
+        s.update(steps=None if name in skipped else bf16.steps_of(rows[name]), emulated_bf16=bf16.applies(rows[name]))
+        if s["emulated_bf16"]:
+            s["steps_reason"] = bf16.steps_reason(rows[name])
     results: dict[str, Any] = {
         **pair_summary(runs, pair_repeats),
         "compile": compile_summary(summary, compiled, compile),
         "rows": summary,
         "order": order,
-        "hardware": hardware(cuda),
+        "hardware": {**hw, "bf16_matmul_slowdown": round(bf16.slowdown, 2)} if emulated else hw,
         "settings": {k: c[k] for k in ("model_name_or_path", "steps", "batch_size", "samples", "max_length",
                                        "val_fraction", "seed", "lr", "weight_decay", "warmup_ratio", "decay",
                                        "gradient_clip_val", "dropout", "freeze_embeddings", "truncation",
                                        "task_config")}
         | {"train_file": str(train_file), "warmup_steps": warmup_steps, "repeats": repeats,
-           "pair_repeats": pair_repeats},
+           "pair_repeats": pair_repeats, "emulated_bf16": emulated_bf16,
+           "emulated_bf16_steps": bf16.row_steps},
     }  # fmt: skip
     fig = figure(summary, rows, results)
     path = write_report(output_dir, "precision", results, fig)  # precision.json and precision.png, as every bench
@@ -246,7 +272,8 @@ def figure(summary: dict[str, dict[str, Any]], rows: dict[str, Row], results: di
     """Four panels side by side: samples/s, peak memory, validation F1, and the loss of every step."""
     fig, (ax1, ax2, ax3, ax4) = subplots(1, 4, figsize=(21, 5))
     names = list(summary)
-    labels = [rows[n].label for n in names]
+    labels = [rows[n].label + (f"\nemulated bf16, {summary[n]['steps'] or 0} steps" if summary[n].get("emulated_bf16")
+                               else "") for n in names]  # fmt: skip
     colors = ["tab:orange" if rows[n].loop == "plain" else "tab:green" if rows[n].compile else "tab:blue"
               for n in names]  # fmt: skip
     xs = range(len(names))
@@ -255,6 +282,9 @@ def figure(summary: dict[str, dict[str, Any]], rows: dict[str, Row], results: di
     for ax, key, title in panels:
         values = [summary[n].get(key) or 0.0 for n in names]
         bars = ax.bar(xs, values, color=colors)
+        for bar, n in zip(bars, names, strict=True):
+            if summary[n].get("emulated_bf16"):
+                bar.set_hatch("//")  # emulated bf16: fewer steps by default, a speed that says little about bf16
         ax.bar_label(bars, labels=[f"{v:.3g}" if v else "" for v in values], fontsize=8)
         for x, n in zip(xs, names, strict=True):
             s = summary[n]
@@ -283,6 +313,8 @@ def figure(summary: dict[str, dict[str, Any]], rows: dict[str, Row], results: di
     hw, st = results["hardware"], results["settings"]
     units = "in hardware (AVX512-BF16/AMX)" if hw.get("bf16_in_hardware") else "emulated (no AVX512-BF16/AMX)"
     where = hw.get("gpu") or f"CPU, {hw.get('threads')} threads, bf16 {units}"
+    if any(s.get("emulated_bf16") for s in summary.values()):
+        where += f" (hatched; --emulated_bf16={st['emulated_bf16']})"
     ratio = results.get("lightning_vs_plain")
     fig.suptitle(f"{st['model_name_or_path']}: {st['steps']} steps × {st['batch_size']} reviews × "
                  f"{st['max_length']} tokens on {where}; Lightning/plain samples/s "

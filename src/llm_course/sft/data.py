@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from llm_course.errors import AssetError, ConfigError
 from llm_course.loaders import make_loader
-from llm_course.sft.prompts import IGNORE_INDEX, load_tokenizer, tokenize_record
+from llm_course.sft.prompts import IGNORE_INDEX, LossOn, load_tokenizer, tokenize_record
 from llm_course.text.sampling import LengthGroupedSampler, SortedSampler
 from llm_course.text.sources import load_files
 
@@ -37,6 +37,8 @@ class InstructionDataModule(L.LightningDataModule):
         max_train_samples: keep at most this many training records (after the held-out splits are taken).
         predict_instructions: instructions to answer with ``llm-course predict`` (greedy, ``model.max_new_tokens``).
         max_length: tokens per example, prompt included; longer examples are cut at the end.
+        loss_on: in chat records, learn every assistant reply (``replies``) or only the last one (``last_reply``:
+            earlier replies are context, such as few-shot examples or a tool call already made).
         batch_size: training batch size.
         eval_batch_size: validation/test batch size.
         group_by_length: batch examples of similar length together.
@@ -58,6 +60,7 @@ class InstructionDataModule(L.LightningDataModule):
         max_train_samples: int | None = None,
         predict_instructions: list[str] | None = None,
         max_length: int = 512,
+        loss_on: LossOn = "replies",
         batch_size: int = 8,
         eval_batch_size: int = 16,
         group_by_length: bool = True,
@@ -134,7 +137,7 @@ class InstructionDataModule(L.LightningDataModule):
             splits["train"] = splits["train"].select(range(min(hp.max_train_samples, len(splits["train"]))))
         tokenizer = self.load_tokenizer()
         for name, split in splits.items():
-            tokens = split.map(lambda r: tokenize_record(tokenizer, r, hp.max_length),
+            tokens = split.map(lambda r: tokenize_record(tokenizer, r, hp.max_length, hp.loss_on),
                                remove_columns=split.column_names, desc=f"tokenizing {name}")  # fmt: skip
             # an example whose prompt fills max_length has nothing left to learn from
             kept = tokens.filter(lambda r: any(x != IGNORE_INDEX for x in r["labels"][1:]))

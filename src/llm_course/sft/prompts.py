@@ -8,11 +8,12 @@ model should not learn to produce (system and user turns, the template's markup 
 ``CrossEntropyLoss`` ignores them.
 """
 
-from typing import Any
+from typing import Any, Literal
 
 from llm_course.errors import ConfigError
 
 IGNORE_INDEX = -100  # the ignore_index of torch's cross entropy and of Hugging Face's causal-LM loss
+LossOn = Literal["replies", "last_reply"]  # which assistant turns of a chat record are learned
 
 ALPACA_PREAMBLE = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request."
@@ -150,12 +151,14 @@ def alpaca_segments(tokenizer: Any, record: dict[str, Any]) -> list[tuple[str, b
     return plain_segments(tokenizer, to_messages(record))
 
 
-def segments(tokenizer: Any, messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
+def segments(tokenizer: Any, messages: list[dict[str, str]], loss_on: LossOn = "replies") -> list[tuple[str, bool]]:
     """Split the rendered conversation into ``(text, is_response)`` pieces that concatenate to the whole.
 
     Each prefix of the conversation is rendered with the chat template and the new text is attributed to
     its turn; a reply's markup (``<|im_start|>assistant\\n``) counts as prompt, its content and end-of-turn
-    token as response. The tokenizer's EOS ends the last reply (added when the template does not).
+    token as response. The tokenizer's EOS ends the last reply (added when the template does not). With
+    ``loss_on="last_reply"`` only the final message counts as response: earlier replies (few-shot examples, a
+    tool call already made) are context, as in the plain format.
     """
     eos = tokenizer.eos_token or ""
 
@@ -170,7 +173,8 @@ def segments(tokenizer: Any, messages: list[dict[str, str]]) -> list[tuple[str, 
             pieces.append((_extend(done, prompt), False))
             done = prompt
         text = render(messages[: i + 1])
-        pieces.append((_extend(done, text), msg["role"] == "assistant"))
+        learned = msg["role"] == "assistant" and (loss_on == "replies" or i == len(messages) - 1)
+        pieces.append((_extend(done, text), learned))
         done = text
     text, is_response = pieces[-1]
     if is_response and eos:  # end exactly on EOS: no trailing newline to learn, EOS added if missing
@@ -185,14 +189,16 @@ def _extend(done: str, text: str) -> str:
     return text[len(done) :]
 
 
-def tokenize_record(tokenizer: Any, record: dict[str, Any], max_length: int) -> dict[str, list[int]]:
+def tokenize_record(tokenizer: Any, record: dict[str, Any], max_length: int,
+                    loss_on: LossOn = "replies") -> dict[str, list[int]]:  # fmt: skip
     """``input_ids``, ``attention_mask`` and ``labels`` (``-100`` outside responses), cut to ``max_length``.
 
-    Each piece is tokenized on its own, so the prompt/response boundary falls exactly between tokens.
+    Each piece is tokenized on its own, so the prompt/response boundary falls exactly between tokens. ``loss_on``:
+    with a chat template, learn every assistant reply or only the last (without one, only the last is learned).
     """
     messages = to_messages(record)  # validates the record
     if has_chat_template(tokenizer):
-        pieces = segments(tokenizer, messages)
+        pieces = segments(tokenizer, messages, loss_on)
     else:
         pieces = alpaca_segments(tokenizer, record)
     input_ids: list[int] = []

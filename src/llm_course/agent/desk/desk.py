@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from llm_course.agent.desk.help import HelpCentre
 from llm_course.agent.desk.orders import FIRST, LAST, Orders
-from llm_course.agent.desk.routing import Action, Settings, mask_card_numbers, order_ids, route, touches_payment
+from llm_course.agent.desk.routing import Action, Settings, mask_card_numbers, order_ids, route, rule_before_model
 from llm_course.agent.desk.sentiment import Sentiment
 from llm_course.agent.policy import Decision, Example, Policy
 from llm_course.agent.tools import MAX_STRING, Tool, ToolBox, tool
@@ -174,13 +174,14 @@ class SupportDesk:
         t = time.perf_counter()
         sentiment = self.classifier.predict([text])[0]
         trace.append(_step("classify_sentiment", {"text": "(the message)"}, sentiment.as_dict(), None, t, "desk"))
-        support = self.help.support(text)[self.settings.signal] if self.settings.guards else 1.0
+        signals = self.help.support(text) if self.settings.guards else {self.settings.signal: 1.0, "off_topic": 0.0}
+        support = signals[self.settings.signal]
         decision = self._decide(text, sentiment.anger)
         if decision is not None:
             trace.append({"tool": "(model call)", "arguments": decision.arguments, "result": decision.raw,
                           "error": None if decision.valid else "; ".join(decision.problems) or "no call",
                           "seconds": decision.seconds, "by": self.policy.label})  # fmt: skip
-        action = route(text, sentiment.anger, support, decision, self.settings)
+        action = route(text, sentiment.anger, support, decision, self.settings, signals["off_topic"])
         result = self.toolbox.call(action.name, action.arguments)
         trace.append({"tool": action.name, "arguments": action.arguments, "result": result.value,
                       "error": result.error, "seconds": round(result.seconds, 4), "by": action.by})  # fmt: skip
@@ -193,7 +194,7 @@ class SupportDesk:
 
     def _decide(self, text: str, anger: float) -> Decision | None:
         """The policy's call, unless a hand-over rule already decides (then the model is not asked)."""
-        if self.settings.guards and (touches_payment(text) or anger >= self.settings.angry_threshold):
+        if rule_before_model(text, anger, self.settings) is not None:
             return None
         return self.policy.decide([{"role": "user", "content": text}])
 

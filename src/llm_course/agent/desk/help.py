@@ -47,13 +47,27 @@ class HelpCentre:
             index, _ = refresh_index(source, str(index_dir), embedder)
         # min_score 0: the search always answers with the closest pages; the desk's own rule decides "not covered"
         self.qa = NotesQA(Retriever(index, embedder), None, top_k=top_k, min_score=0.0, max_evidence=2)
-        self.index = index
+        self.index, self.embedder, self._scope = index, embedder, None
 
     def support(self, text: str) -> dict[str, float]:
         """How well the best pages match ``text``, by each of Module 8's signals: ``dense`` (the best cosine),
-        ``coverage`` (the IDF-weighted share of its words they contain) and ``mean``."""
+        ``coverage`` (the IDF-weighted share of its words they contain) and ``mean``; and ``off_topic``, the scope
+        head's probability that no page is about what it asks (:meth:`off_topic`)."""
         found = self.qa.retrieve(text)[0]
-        return {signal: found.support(signal) for signal in ("dense", "coverage", "mean")}
+        signals = {signal: found.support(signal) for signal in ("dense", "coverage", "mean")}
+        return signals | {"off_topic": self.off_topic([text])[0]}
+
+    def off_topic(self, texts: list[str]) -> list[float]:
+        """P(not covered) for each text, by a softmax head on MiniLM embeddings of ``scope_train.jsonl`` (requests a
+        shop's help centre covers, and ones it does not: jobs, visits, partnerships, custom work, unrelated
+        questions; written for the desk, disjoint from the evaluation messages), fitted on first use in about a
+        second."""
+        if self._scope is None:
+            from llm_course.agent.desk.sentiment import EmbeddingHead, training_rows
+
+            self._scope = EmbeddingHead(self.embedder, training_rows("scope_train.jsonl"),
+                                        labels=("covered", "not_covered"), source="scope head")  # fmt: skip
+        return [s.scores["not_covered"] for s in self._scope.predict(texts)]
 
     def pages_for(self, query: str, k: int = 3) -> list[str]:
         """The pages of the ``k`` best passages for ``query``, best first."""

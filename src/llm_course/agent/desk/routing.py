@@ -4,7 +4,11 @@ Hand-over rules run before the model and after it, because a 135M model should n
 customer's card number and a chat log: anything touching payment details (a rule on words and card-like digit runs),
 a clearly angry customer (the sentiment classifier's anger above a threshold chosen on validation messages), and a
 request the help centre does not cover (the help-centre retrieval's support for the message below a threshold, as
-Module 8's abstention gate; its signal and threshold are chosen on the validation messages too).
+Module 8's abstention gate; its signal and threshold are chosen on the validation messages too, as is the
+threshold of the help centre's scope head: the probability that a message asks for something no help page is about,
+such as a job, a visit or a sponsorship, which a close word like "warehouse" can hide from the retrieval signals).
+Words no calm customer writes ("scam", "useless", "lawyer") hand over too, whatever the classifier says: a head
+fitted on ~90 sentences can miss an angry message in capitals.
 """
 
 import re
@@ -18,6 +22,7 @@ from llm_course.agent.tools import MAX_STRING
 # Chosen by `llm-course bench agent` on the validation messages (notes/09_agent_support.md).
 ANGRY_THRESHOLD = 0.5
 MIN_SUPPORT = 0.36
+MAX_OFF_TOPIC = 0.5
 SIGNAL = "dense"  # the best cosine: customers' words that no page uses ("something", "many") sink the coverage
 SIGNALS = ("dense", "coverage", "mean")
 PAYMENT = re.compile(
@@ -66,12 +71,17 @@ class Settings:
         angry_threshold: hand over when the classifier's anger is at least this.
         min_support: hand over a help-centre search when the pages' support for the message is below this.
         signal: the support signal: dense (best cosine), coverage (IDF-weighted words) or mean.
+        max_off_topic: hand over a help-centre search when the scope head's P(not covered) is at least this
+            (above 1: off).
+        angry_words: hand over messages with words no calm customer writes (:data:`ANGRY_WORDS`).
     """
 
     guards: bool = True
     angry_threshold: float = ANGRY_THRESHOLD
     min_support: float = MIN_SUPPORT
     signal: str = SIGNAL
+    max_off_topic: float = MAX_OFF_TOPIC
+    angry_words: bool = True
 
 
 @dataclass
@@ -86,20 +96,36 @@ class Action:
         return {"tool": self.name, "arguments": self.arguments, "chosen_by": self.by}
 
 
-def route(message: str, anger: float, support: float, decision: Decision | None, settings: Settings) -> Action:
+def rule_before_model(message: str, anger: float, settings: Settings) -> Action | None:
+    """The hand-over a rule decides before the model is asked: payment details, then an angry customer."""
+    if not settings.guards:
+        return None
+    if touches_payment(message):
+        return Action("hand_over", {"reason": "payment"}, "rule: payment details")
+    if anger >= settings.angry_threshold:
+        return Action("hand_over", {"reason": "angry"}, f"rule: anger {anger:.2f} >= {settings.angry_threshold}")
+    if settings.angry_words and (words := ANGRY_WORDS.search(message)):
+        return Action("hand_over", {"reason": "angry"}, f"rule: angry words ({words.group(0)!r})")
+    return None
+
+
+def route(message: str, anger: float, support: float, decision: Decision | None, settings: Settings,
+          off_topic: float = 0.0) -> Action:  # fmt: skip
     """The desk's action for a message, from the pieces computed for it: the rules first (payment, anger), then the
-    model's call, then the support gate on a help-centre search (``support``: the help centre's support for the
-    message, by ``settings.signal``). A call that is not valid goes to a person."""
-    if settings.guards:
-        if touches_payment(message):
-            return Action("hand_over", {"reason": "payment"}, "rule: payment details")
-        if anger >= settings.angry_threshold:
-            return Action("hand_over", {"reason": "angry"}, f"rule: anger {anger:.2f} >= {settings.angry_threshold}")
+    model's call, then the gates on a help-centre search (``support``: the help centre's support for the message,
+    by ``settings.signal``; ``off_topic``: the scope head's P(not covered)). A call that is not valid goes to a
+    person."""
+    if (ruled := rule_before_model(message, anger, settings)) is not None:
+        return ruled
     if decision is None or not decision.valid:
         return Action("hand_over", {"reason": "other"}, "no valid call from the model")
-    if settings.guards and decision.name == "search_help" and support < settings.min_support:
-        return Action("hand_over", {"reason": "not_covered"},
-                      f"rule: help-centre {settings.signal} {support:.2f} < {settings.min_support}")  # fmt: skip
+    if settings.guards and decision.name == "search_help":
+        if support < settings.min_support:
+            return Action("hand_over", {"reason": "not_covered"},
+                          f"rule: help-centre {settings.signal} {support:.2f} < {settings.min_support}")  # fmt: skip
+        if off_topic >= settings.max_off_topic:
+            return Action("hand_over", {"reason": "not_covered"},
+                          f"rule: off-topic {off_topic:.2f} >= {settings.max_off_topic}")  # fmt: skip
     return Action(decision.name, dict(decision.arguments), "model")
 
 

@@ -67,18 +67,21 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return z / z.sum(-1, keepdims=True)
 
 
-def training_rows() -> list[dict[str, str]]:
-    text = resources.files("llm_course.agent.desk").joinpath("sentiment_train.jsonl").read_text()
+def training_rows(name: str = "sentiment_train.jsonl") -> list[dict[str, str]]:
+    """The labelled ``{"text", "label"}`` rows of a file shipped with the desk."""
+    text = resources.files("llm_course.agent.desk").joinpath(name).read_text()
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 class EmbeddingHead:
     """The fallback: a softmax head on normalized MiniLM embeddings, fitted full-batch with L-BFGS from zeros (so
-    the same weights on every machine), with an L2 penalty."""
+    the same weights on every machine), with an L2 penalty. ``labels`` and ``source`` make it another desk
+    classifier (the help centre's scope head)."""
 
-    def __init__(self, embedder: Any, rows: list[dict[str, str]] | None = None, l2: float = 1e-3) -> None:
+    def __init__(self, embedder: Any, rows: list[dict[str, str]] | None = None, l2: float = 1e-3,
+                 labels: tuple[str, ...] = LABELS, source: str = FALLBACK) -> None:  # fmt: skip
         rows = rows if rows is not None else training_rows()
-        self.embedder, self.labels, self.source = embedder, list(LABELS), FALLBACK
+        self.embedder, self.labels, self.source = embedder, list(labels), source
         x = torch.from_numpy(self.embed([r["text"] for r in rows]))
         y = torch.tensor([self.labels.index(r["label"]) for r in rows])
         self.weight = torch.zeros(x.shape[1], len(self.labels), requires_grad=True)
