@@ -1,4 +1,5 @@
-"""Module 7: the Gradio page of ``serve`` in a real headless Chromium (Debian's chromium + chromedriver).
+"""Modules 7 and 8: the Gradio page of ``serve`` (chat, compare, the notes, the support desk) in a real headless
+Chromium (Debian's chromium + chromedriver).
 
 Without the browser, its driver or Selenium these tests skip, naming what is missing and the fix (never fail)."""
 
@@ -37,6 +38,7 @@ def needs_chromium():
 
 @pytest.fixture(scope="module")
 def server(needs_chromium, constant_llama, tiny_llama, tmp_path_factory):
+    from llm_course.agent.commands import build_desk
     from llm_course.rag.answer import NotesQA
     from llm_course.rag.index import RagIndex, load_embedder
     from llm_course.rag.retrieve import Retriever
@@ -48,7 +50,10 @@ def server(needs_chromium, constant_llama, tiny_llama, tmp_path_factory):
     embedder = load_embedder("minilm")
     qa = NotesQA(Retriever(RagIndex.build(str(notes), embedder)[0], embedder), engines["constant:fp32"], top_k=2,
                  params=SamplingParams(temperature=0, max_new_tokens=5), answer="both")  # fmt: skip
-    app = build_server(engines, Scheduler(), SamplingParams(temperature=0, max_new_tokens=6), ui=True, notes_qa=qa)
+    # the keyword rules choose the desk's tool: a tiny random model's choice would make the test a coin toss
+    desk = build_desk("keywords", db=str(notes.parent / "orders.sqlite"), help_index=None)
+    app = build_server(engines, Scheduler(), SamplingParams(temperature=0, max_new_tokens=6), ui=True, notes_qa=qa,
+                       desk=desk)  # fmt: skip
     with running_server(app) as url:
         yield url
 
@@ -90,12 +95,36 @@ def test_ask_the_notes_tab_answers_with_sources_and_abstains(server, tmp_path):
     assert (tmp_path / "demo.gif").read_bytes()[:6] == b"GIF89a" and len(frames) >= 2
 
 
+def test_the_support_desk_tab_shows_sentiment_trace_reply_citations_and_hand_over(server, tmp_path):
+    import re
+
+    with chromium() as driver:
+        page.open_page(driver, server)
+        heading = driver.find_element("css selector", "h2").text
+        looked = page.support_desk(driver, "Where is my order 1042?", timeout_s=60)
+        paying = page.support_desk(driver, "Please change the card number I pay with", timeout_s=60)
+        driver.save_screenshot(str(tmp_path / "desk.png"))
+        empty = page.support_desk(driver, "", timeout_s=60)
+    assert heading == "llm-course · the LLM pipeline course: chat, compare, ask the notes, support desk"
+    mood = r"sentiment: (positive|neutral|negative|angry) \([01]\.\d\d\) · by fallback: logistic regression"
+    assert re.search(mood, looked["verdict"]), looked["verdict"]
+    assert "hand-over to a person: no" in looked["verdict"] and "policy: keyword rules" in looked["verdict"]
+    assert "lookup_order" in looked["trace"] and '{"order_id": 1042}' in looked["trace"]
+    assert "classify_sentiment" in looked["trace"] and "chosen by" in looked["trace"]
+    assert "Order 1042 (" in looked["reply"] and "[1] order-status.md#" in looked["reply"]
+    assert "hand-over to a person: yes" in paying["verdict"] and "rule: payment details" in paying["trace"]
+    assert "payments.md#questions-about-charges-and-card-details" in paying["reply"]
+    assert "Summary for the person taking over" in paying["reply"] and "reason: payment" in paying["reply"]
+    assert empty == {"verdict": "error: --message is empty: write the customer's message", "reply": "", "trace": ""}
+
+
 def test_without_chromium_the_browser_tests_skip_and_name_the_fix(tmp_path):
     env = {**os.environ, "CHROMIUM": str(tmp_path / "no-chromium"), "CHROMEDRIVER": str(tmp_path / "no-driver")}
-    tests = [f"{__file__}::{name}" for name in ("test_chat_and_compare_in_a_real_browser",
-                                               "test_ask_the_notes_tab_answers_with_sources_and_abstains")]  # fmt: skip
+    tests = [f"{__file__}::{name}" for name in (
+        "test_chat_and_compare_in_a_real_browser", "test_ask_the_notes_tab_answers_with_sources_and_abstains",
+        "test_the_support_desk_tab_shows_sentiment_trace_reply_citations_and_hand_over")]  # fmt: skip
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *tests], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert done.returncode == 0 and "2 skipped" in done.stdout, done.stdout[-3000:]
+    assert done.returncode == 0 and "3 skipped" in done.stdout, done.stdout[-3000:]
     assert "no-chromium is not an executable" in done.stdout and "bash scripts/setup.sh" in done.stdout
     assert "apt-get install chromium chromium-driver" in done.stdout

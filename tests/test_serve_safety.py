@@ -220,6 +220,7 @@ def test_serve_refuses_exposed_hosts_without_a_key_and_bad_sizes(capsys, monkeyp
         (["--queue_size=0"], "--queue_size=0 must be >= 1"),
         (["--max_batch_size=0"], "--max_batch_size=0 must be >= 1"),
         (["--max_body_bytes=-1"], "--max_body_bytes=-1 must be >= 1"),
+        (["--support_desk=true", "--ui=false"], "--support_desk=true adds a tab to the page, which --ui=false turns"),
     ]:
         with pytest.raises(SystemExit):
             run_cli("serve", "--model", "never-loaded", *args)

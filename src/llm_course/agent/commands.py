@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from llm_course.agent.desk.help import INDEX_DIR as HELP_INDEX
 from llm_course.agent.desk.orders import DEFAULT_DB
-from llm_course.agent.desk.routing import ANGRY_THRESHOLD, MIN_SUPPORT, SIGNAL
+from llm_course.agent.desk.routing import ANGRY_THRESHOLD, MAX_OFF_TOPIC, MIN_SUPPORT, SIGNAL, Settings
 from llm_course.errors import ConfigError
 from llm_course.inference.engine import Weights
 
@@ -22,14 +22,40 @@ def desk_parts(embedder: Any, classifier: str | None, db: str, help_index: str |
     return HelpCentre(embedder, index_dir=help_index), Orders(db), load_sentiment(classifier, embedder)
 
 
-def model_policy(model: str, adapter: str | None, weights: str, device: str, tools: list, intro: str,
-                 examples: list, constrained: bool, few_shot: bool, max_new_tokens: int,
-                 narrow: Any = None) -> Any:  # fmt: skip
+def model_policy(engine: Any, tools: list, intro: str, examples: list, constrained: bool, few_shot: bool,
+                 max_new_tokens: int, narrow: Any = None) -> Any:  # fmt: skip
+    """A :class:`~llm_course.agent.policy.ModelPolicy` on a loaded engine (the command's own, or the server's)."""
     from llm_course.agent.policy import ModelPolicy
-    from llm_course.inference.engine import GenerationEngine
 
-    engine = GenerationEngine.load(model, adapter, weights, device)
     return ModelPolicy(engine, tools, intro, examples if few_shot else [], constrained, max_new_tokens, narrow)
+
+
+def build_desk(policy: PolicyName = "model", engine: Any = None, constrained: bool = True, quote: bool = True,
+               few_shot: bool = True, settings: Settings | None = None, classifier: str | None = None,
+               db: str = DEFAULT_DB, help_index: str | None = HELP_INDEX) -> Any:  # fmt: skip
+    """The support desk as ``llm-course support`` builds it: the help centre (indexed into ``help_index``), the
+    orders database (created on first use), the sentiment classifier (``None``: the fallback head) and the policy:
+    the keyword rules, or ``engine`` (a loaded :class:`~llm_course.inference.engine.GenerationEngine`, e.g. the
+    server's: no second copy of the model) choosing the tool. Takes seconds: MiniLM, the help index, the fallback's
+    fit and the call grammar.
+
+    Raises:
+        ConfigError: ``policy`` is model and there is no ``engine``.
+    """
+    from llm_course.agent.desk.desk import EXAMPLES, INTRO, SupportDesk, desk_tools, quote_message
+    from llm_course.agent.desk.routing import KeywordDesk
+    from llm_course.rag.index import load_embedder
+
+    if policy == "model" and engine is None:
+        raise ConfigError("the support desk's policy is 'model' but no model is loaded: pass one, or use keywords")
+    help_centre, orders, sentiment = desk_parts(load_embedder("minilm"), classifier, db, help_index)
+    if policy == "keywords":
+        chooser: Any = KeywordDesk()
+    else:
+        tools = desk_tools(help_centre, orders)
+        chooser = model_policy(engine, tools, INTRO, EXAMPLES, constrained, few_shot, 96,
+                               quote_message(tools) if quote else None)  # fmt: skip
+    return SupportDesk(help_centre, orders, sentiment, chooser, settings)
 
 
 def agent(
@@ -93,8 +119,10 @@ def agent(
     if policy == "keywords":
         chooser: Any = KeywordAgent()
     else:
-        chooser = model_policy(model, adapter, weights, device, tools, INTRO, EXAMPLES, constrained, few_shot,
-                               max_new_tokens)  # fmt: skip
+        from llm_course.inference.engine import GenerationEngine
+
+        engine = GenerationEngine.load(model, adapter, weights, device)
+        chooser = model_policy(engine, tools, INTRO, EXAMPLES, constrained, few_shot, max_new_tokens)
     toolbox = ToolBox(tools[:-1], tool_timeout)  # final_answer is the loop's, not a tool to run
     print(f"agent: {chooser.label}; tools: {', '.join(t.name for t in tools)}", file=sys.stderr)
     run = run_agent(task, chooser, toolbox, max_steps, max_seconds, None if json else lambda s: print(s.line()))
@@ -118,6 +146,8 @@ def support(
     angry_threshold: float = ANGRY_THRESHOLD,
     min_support: float = MIN_SUPPORT,
     support_signal: Literal["dense", "coverage", "mean"] = SIGNAL,
+    max_off_topic: float = MAX_OFF_TOPIC,
+    angry_words: bool = True,
     classifier: str | None = None,
     db: str = DEFAULT_DB,
     help_index: str | None = HELP_INDEX,
@@ -143,6 +173,9 @@ def support(
             at least this (chosen by bench agent).
         min_support: hand over a help-centre search whose support is below this (chosen by bench agent).
         support_signal: dense (the best cosine), coverage (IDF-weighted share of the words) or mean.
+        max_off_topic: hand over a help-centre search when the scope head's P(not covered) is at least this
+            (chosen by bench agent; above 1: off).
+        angry_words: hand over messages with words no calm customer writes ("scam", "useless", "lawyer").
         classifier: a Module 3 classifier: <run>/hf_model, the run folder, or its ONNX export folder (none: the
             offline fallback, a logistic-regression head on MiniLM embeddings; the output names it).
         db: the orders database (SQLite; created and seeded with orders 1001-1100 on first use).
@@ -150,21 +183,14 @@ def support(
         json: print the result as JSON.
         device: auto, cpu, cuda.
     """
-    from llm_course.agent.desk.desk import EXAMPLES, INTRO, SupportDesk, desk_tools, quote_message
-    from llm_course.agent.desk.routing import KeywordDesk, Settings
-    from llm_course.rag.index import load_embedder
-
     if not message.strip():
         raise ConfigError("--message is empty: write the customer's message")
-    help_centre, orders, sentiment = desk_parts(load_embedder("minilm"), classifier, db, help_index)
-    if policy == "keywords":
-        chooser: Any = KeywordDesk()
-    else:
-        tools = desk_tools(help_centre, orders)
-        chooser = model_policy(model, adapter, weights, device, tools, INTRO, EXAMPLES, constrained, few_shot, 96,
-                               quote_message(tools) if quote else None)  # fmt: skip
-    desk = SupportDesk(
-        help_centre, orders, sentiment, chooser, Settings(guards, angry_threshold, min_support, support_signal)
-    )
+    engine = None
+    if policy == "model":
+        from llm_course.inference.engine import GenerationEngine
+
+        engine = GenerationEngine.load(model, adapter, weights, device)
+    settings = Settings(guards, angry_threshold, min_support, support_signal, max_off_topic, angry_words)
+    desk = build_desk(policy, engine, constrained, quote, few_shot, settings, classifier, db, help_index)
     result = desk.handle(message)
     print(jsonlib.dumps(result.as_dict(), indent=2, default=str) if json else result.render())

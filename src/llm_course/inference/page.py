@@ -1,7 +1,8 @@
 """Driving the Gradio page of ``llm-course serve`` in a real browser: the browser test and the screenshot use it.
 
 ``python -m llm_course.inference.page --url http://127.0.0.1:8000 --output notes/figures/module7_gradio.png``
-asks one prompt in compare mode and saves the screenshot.
+asks one prompt in compare mode and saves the screenshot; ``--notes_question`` records the notes tab as a GIF and
+``--desk_message`` screenshots the support desk tab instead.
 """
 
 import argparse
@@ -31,7 +32,8 @@ def _type(driver: Any, css: str, text: str, timeout_s: float) -> None:
     from selenium.webdriver.common.keys import Keys
 
     box = wait_for(lambda: driver.find_element(By.CSS_SELECTOR, css), timeout_s, css)
-    box.clear()
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(Keys.DELETE)  # unlike clear(), fires the input event the page's state follows ("" is sent as "")
     box.send_keys(text)
     box.send_keys(Keys.ENTER)
 
@@ -103,6 +105,24 @@ def ask_notes(driver: Any, question: str, timeout_s: float = 300, frames: list[b
     return text_of(driver, "#notes-answer"), stats, text_of(driver, "#notes-sources")
 
 
+def support_desk(driver: Any, message: str, timeout_s: float = 300) -> dict[str, str]:
+    """Send ``message`` in the "Support desk" tab; wait for the desk's verdict (or its error). Returns the shown
+    text: ``{"verdict": sentiment and hand-over lines, "reply": reply, citations and summary, "trace": the table}``."""
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.XPATH, "//button[@role='tab' and contains(., 'Support desk')]").click()
+    wait_for(lambda: driver.find_element(By.CSS_SELECTOR, "#desk-input textarea").is_displayed(), 30, "desk tab")
+    before = text_of(driver, "#desk-verdict")
+    _type(driver, "#desk-input textarea", message, timeout_s)
+
+    def done() -> str:
+        text = settled(driver, "#desk-verdict")
+        return text if text != before and ("hand-over" in text or "error:" in text) else ""
+
+    verdict = wait_for(done, timeout_s, "the desk's verdict")
+    return {"verdict": verdict, "reply": text_of(driver, "#desk-reply"), "trace": text_of(driver, "#desk-trace")}
+
+
 def save_gif(frames: list[bytes], path: str, frame_ms: int = 500, hold_last_ms: int = 4000, width: int = 960) -> None:
     """An animated GIF of PNG screenshots (scaled to ``width``), the last frame held longer."""
     import io
@@ -121,11 +141,17 @@ def main() -> None:
     parser.add_argument("--prompt", default="In two sentences, why does a quantized model use less memory?")
     parser.add_argument("--output", default="notes/figures/module7_gradio.png")
     parser.add_argument("--height", type=int, default=1100)
+    parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--notes_question", help="instead: ask this in the notes tab and save a GIF to --output")
+    parser.add_argument("--desk_message", help="instead: send this to the support desk tab (serve --support_desk)")
     args = parser.parse_args()
-    with chromium(height=args.height) as driver:
+    with chromium(args.width, args.height) as driver:
         open_page(driver, args.url)
-        if args.notes_question:
+        if args.desk_message:
+            shown = support_desk(driver, args.desk_message)
+            print("\n".join(shown.values()))
+            driver.save_screenshot(args.output)
+        elif args.notes_question:
             frames: list[bytes] = []
             answer, stats, sources = ask_notes(driver, args.notes_question, frames=frames)
             print(f"{stats}\n{answer}\n{sources}")

@@ -3,10 +3,13 @@
 import hmac
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from llm_course.agent.commands import PolicyName
+from llm_course.agent.desk.orders import DEFAULT_DB
 from llm_course.errors import ConfigError
 from llm_course.inference.engine import WEIGHT_FORMATS, GenerationEngine, Weights
 from llm_course.inference.guard import host_names, is_loopback
@@ -60,9 +63,11 @@ def check_host(host: str, api_key: str | None = None, allow_unauthenticated: boo
 
 def build_server(engines: dict[str, GenerationEngine], scheduler: Scheduler, defaults: SamplingParams,
                  ui: bool = True, notes_qa: Any | None = None, api_key: str | None = None,
-                 max_body_bytes: int = 1_000_000, allowed_hosts: set[str] | None = None) -> Any:  # fmt: skip
+                 max_body_bytes: int = 1_000_000, allowed_hosts: set[str] | None = None,
+                 desk: Any | None = None) -> Any:  # fmt: skip
     """The FastAPI app with the API routes and, if ``ui``, the Gradio page mounted at ``/``; with ``notes_qa`` (a
-    :class:`~llm_course.rag.answer.NotesQA`), the page's "Ask the course notes" tab and the cited files.
+    :class:`~llm_course.rag.answer.NotesQA`), the page's "Ask the course notes" tab and the cited files; with
+    ``desk`` (a :class:`~llm_course.agent.desk.desk.SupportDesk`), its "Support desk" tab.
 
     With ``api_key``, ``/v1`` needs it as a Bearer token and the page asks for it at a login form (any user name,
     the key as the password), so the page is no way around the key. ``allowed_hosts``: the Host names answered
@@ -70,12 +75,16 @@ def build_server(engines: dict[str, GenerationEngine], scheduler: Scheduler, def
     from llm_course.inference.api import build_app
 
     app = build_app(engines, scheduler, defaults, api_key, max_body_bytes, allowed_hosts)
-    extra_tabs: list[Callable[[], None]] = []
+    extra_tabs: dict[str, Callable[[], None]] = {}
     if notes_qa is not None:
         from llm_course.rag.webui import add_source_route, notes_tab
 
         add_source_route(app, notes_qa)
-        extra_tabs.append(notes_tab(notes_qa, scheduler))
+        extra_tabs["ask the notes"] = notes_tab(notes_qa, scheduler)
+    if desk is not None:
+        from llm_course.agent.desk.webui import desk_tab
+
+        extra_tabs["support desk"] = desk_tab(desk)
     if ui:
         import gradio as gr
 
@@ -120,6 +129,10 @@ def serve(
     notes_index: str = "outputs/rag_index",
     notes_answer: str = "extractive",
     notes_adapter: str | None = None,
+    support_desk: bool = False,
+    support_policy: PolicyName = "model",
+    support_classifier: str | None = None,
+    support_db: str = DEFAULT_DB,
 ) -> None:
     """Serve the model: a Gradio chat page at / and an OpenAI-compatible API at /v1 (chat/completions, models),
     with /health; one process, models loaded once at start-up.
@@ -162,11 +175,21 @@ def serve(
             model's sentences too, each checked against the passages); see ``rag ask --answer``.
         notes_adapter: the grounded-answer LoRA adapter (configs/rag_lora.yaml) the notes tab answers with, on top
             of --model; the chat's --adapter is another model. None: the first served model.
+        support_desk: add the page's "Support desk" tab (``llm-course support`` of Module 8: sentiment, tool trace,
+            cited reply or hand-over). Off by default: building the desk takes seconds at start-up (MiniLM, the
+            help-centre index, the fallback sentiment head, the call grammar).
+        support_policy: who chooses the desk's tool: model (the first served model, the same loaded copy: its
+            calls take turns with the chat's batches) or keywords (the keyword rules, no model).
+        support_classifier: the desk's sentiment classifier, a Module 3 hf_model or ONNX export folder (none: the
+            offline fallback head on MiniLM embeddings).
+        support_db: the desk's orders database (SQLite; created and seeded on first use).
     """
     import uvicorn
 
     api_key = api_key or os.environ.get("LLM_COURSE_API_KEY") or None
     check_host(host, api_key, allow_unauthenticated)
+    if support_desk and not ui:
+        raise ConfigError("--support_desk=true adds a tab to the page, which --ui=false turns off: drop one of them")
     at_least(1, max_body_bytes=max_body_bytes)
     limits = Limits(max_messages, max_prompt_chars, max_prompt_tokens)
     scheduler = Scheduler(queue_size, max_batch_size, max_batch_tokens=max_batch_tokens, limits=limits)
@@ -187,7 +210,14 @@ def serve(
 
             notes_engine = GenerationEngine.load(model, notes_adapter, weights, device, trust_remote_code)
         notes_qa = NotesQA(Retriever(built, embedder), notes_engine, answer=notes_answer)
+    desk = None
+    if support_desk:
+        from llm_course.agent.commands import build_desk
+
+        start = time.perf_counter()
+        desk = build_desk(support_policy, next(iter(engines.values())), classifier=support_classifier, db=support_db)
+        print(f"support desk: {desk.policy.label}, built in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     app = build_server(engines, scheduler, defaults, ui, notes_qa, api_key, max_body_bytes,
-                       host_names(host, allowed_hosts or []))  # fmt: skip
+                       host_names(host, allowed_hosts or []), desk)  # fmt: skip
     print(f"serving {', '.join(engines)} at http://{host}:{port}/ (API: http://{host}:{port}/v1)", file=sys.stderr)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,4 +1,5 @@
-"""The Gradio page of ``llm-course serve``: a streaming chat and a side-by-side compare of two loaded variants.
+"""The Gradio page of ``llm-course serve``: a streaming chat and a side-by-side compare of two loaded variants (and
+the tabs that Module 8 adds: the notes, the support desk).
 
 Under each reply: time to first token, decode tokens/s, latency and memory. The handlers submit to the same
 :class:`~llm_course.inference.scheduler.Scheduler` as the HTTP API, so the page and the API share one queue and one
@@ -108,13 +109,15 @@ def build_ui(
     engines: dict[str, GenerationEngine],
     scheduler: Scheduler,
     defaults: SamplingParams,
-    extra_tabs: list[Callable[[], None]] | None = None,
+    extra_tabs: dict[str, Callable[[], None]] | None = None,
 ) -> gr.Blocks:
-    """The page: a Chat tab, a Compare tab and, from ``extra_tabs``, tabs that other modules add (RAG)."""
+    """The page: a Chat tab, a Compare tab and, from ``extra_tabs``, tabs that other modules add (the notes, the
+    support desk), each under the name the heading lists it by."""
     names = list(engines)
+    extra_tabs = extra_tabs or {}
     max_tokens = min(2048, *(e.context_length for e in engines.values()))
     with gr.Blocks(title="llm-course: chat", analytics_enabled=False) as demo:
-        gr.Markdown("## llm-course · Module 7: chat with the model, compare two variants")
+        gr.Markdown(f"## llm-course · the LLM pipeline course: {', '.join(['chat', 'compare', *extra_tabs])}")
         with gr.Accordion("sampling", open=True):
             with gr.Row():
                 controls = sampling_controls(defaults, max_tokens)
@@ -137,7 +140,7 @@ def build_ui(
                         outputs.append(gr.Dropdown(names, value=default, label=f"variant {side.upper()}"))
                         outputs.append(gr.Markdown(elem_id=f"compare-reply-{side}", min_height=120))
                         outputs.append(gr.Markdown(elem_id=f"compare-stats-{side}"))
-        for add_tab in extra_tabs or []:
+        for add_tab in extra_tabs.values():
             add_tab()
 
         async def respond(text: str, history: list[dict[str, Any]], name: str, *settings: Any) -> AsyncIterator:

@@ -93,7 +93,7 @@ async def answer_stream(qa: NotesQA, scheduler: Scheduler, text: str) -> AsyncIt
 
 
 def notes_tab(qa: NotesQA, scheduler: Scheduler) -> Callable[[], None]:
-    """A function that adds the tab inside the page's ``gr.Blocks`` (``build_ui(extra_tabs=[...])``)."""
+    """A function that adds the tab inside the page's ``gr.Blocks`` (``build_ui(extra_tabs={name: ...})``)."""
 
     def add() -> None:
         with gr.Tab("Ask the course notes"):
