@@ -21,8 +21,8 @@ from llm_course.agent.tools import MAX_STRING
 
 # Chosen by `llm-course bench agent` on the validation messages (notes/09_agent_support.md).
 ANGRY_THRESHOLD = 0.5
-MIN_SUPPORT = 0.36
-MAX_OFF_TOPIC = 0.5
+MIN_SUPPORT = 0.3
+MAX_OFF_TOPIC = 0.6
 SIGNAL = "dense"  # the best cosine: customers' words that no page uses ("something", "many") sink the coverage
 SIGNALS = ("dense", "coverage", "mean")
 PAYMENT = re.compile(
