@@ -69,8 +69,11 @@ for name in $WANTED; do
     rag)
       llm-course bench rag --output_dir outputs/bench
       publish outputs/bench rag module8_rag ;;
-    agent)
-      llm-course bench agent --output_dir outputs/bench
+    agent)  # the tool-use LoRA first (notes/09), then the desk and the tasks, base and LoRA side by side
+      rm -rf outputs/agent_lora
+      llm-course agent-data --output_dir outputs/tooluse --n 600 --seed 0
+      llm-course fit --config configs/agent_lora.yaml
+      llm-course bench agent --output_dir outputs/bench --adapter outputs/agent_lora/tensorboard_logs/version_0/adapter
       publish outputs/bench agent module8_agent ;;
     *)
       echo "unknown benchmark $name" >&2; exit 2 ;;
