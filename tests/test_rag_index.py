@@ -317,3 +317,16 @@ def test_find_files_keeps_files_only_and_skips_links_that_leave_the_folder(tmp_p
     err = capsys.readouterr().err
     assert f"skipping {notes / 'leak.md'}, a link to {outside / 'secret.md'} outside it" in err
     assert f"skipping {notes / 'leakdir'}" in err
+
+
+def test_every_eval_question_points_at_a_heading_its_note_has():
+    """bench rag scores retrieval by each question's gold heading: a heading renamed in the notes must be renamed in
+    rag/eval_questions.jsonl too, or the question can never be found (q030 was, silently, for a while)."""
+    stale = []
+    for line in (ROOT / "src/llm_course/rag/eval_questions.jsonl").read_text().splitlines():
+        q = json.loads(line)
+        if q.get("answerable"):
+            lines = (ROOT / q["file"]).read_text().splitlines()
+            headings = {h.lstrip("#").strip() for h in lines if h.startswith("#")}
+            stale += [] if q["heading"] in headings else [(q["id"], q["file"], q["heading"])]
+    assert stale == []
