@@ -229,9 +229,9 @@ def agent_figure(results: dict[str, Any]) -> Any:
               ("handover_precision", "hand-over precision"), ("handover_recall", "hand-over recall"),
               ("cites_right_page", "cites the right page")]  # fmt: skip
     width = 0.8 / len(series)
-    for i, (key, label) in enumerate(series):
-        bars = a.bar([j + i * width for j in range(len(names))], [desk[n]["test"][key] or 0 for n in names], width,
-                     label=label)  # fmt: skip
+    for i, (key, label) in enumerate(series):  # a metric a variant has no value for (a rule writes no call) is left out
+        shown = [(j, desk[n]["test"][key]) for j, n in enumerate(names) if desk[n]["test"][key] is not None]
+        bars = a.bar([j + i * width for j, _ in shown], [v for _, v in shown], width, label=label)
         a.bar_label(bars, fmt="%.2f", fontsize=6)
     a.axhline(0.85, color="grey", lw=1, ls="--", label="right-action target")
     a.set_xticks([j + 0.4 - width / 2 for j in range(len(names))], names, fontsize=8)
