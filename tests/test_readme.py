@@ -137,7 +137,8 @@ def test_setup_script_runs_what_the_readmes_list():
 def test_ci_runs_the_setup_script_and_the_readme_test_command():
     lines = [line.strip() for line in CI.splitlines() if line.strip() and not line.startswith("#")]
     assert "bash scripts/setup.sh .venv-ci" in lines and ". .venv-ci/bin/activate" in lines
-    assert lines[-1] == "python -m pytest -q" and "`python -m pytest -q`" in README
+    assert lines[-3:] == ["python -m pytest -q", "deactivate", "bash scripts/check_floors.sh"]  # the floors after
+    assert "`python -m pytest -q`" in README and "`bash scripts/check_floors.sh`" in README.split("## Tests", 1)[1]
 
 
 @pytest.mark.parametrize("text", [README, README_ZH], ids=["README.md", "README.zh-CN.md"])
