@@ -160,26 +160,7 @@ def tiny_sft_args(tmp_path, request, tiny_llama, tiny_gpt2):
 def constant_llama(tmp_path_factory) -> str:
     """A tiny Llama that always answers "ok ok ok ...": its output layer is zero, so every logit ties and greedy
     decoding picks token 0, which this byte tokenizer maps to the word "ok " (never the end-of-turn token)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    vocab = {"okĠ": 0} | {c: i + 1 for i, c in enumerate(bytes_to_unicode().values())}  # Ġ is the space
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    backend.decoder = decoders.ByteLevel()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|im_start|>", eos_token="<|im_end|>")
-    tokenizer.chat_template = CHATML
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
-    model = LlamaForCausalLM(config)
-    torch.nn.init.zeros_(model.lm_head.weight)
-    folder = tmp_path_factory.mktemp("constant_llama")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
+    return tiny.constant_lm(tmp_path_factory.mktemp("constant_llama"), "okĠ")  # Ġ is the space
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,8 @@ import openai
 import pytest
 import torch
 
-from conftest import CHATML
 from helpers.serving import running_server
+from llm_course import tiny
 from llm_course.agent.constrained import CallGrammar, call_schema
 from llm_course.agent.messages import CALL_OR_TEXT, render_call, result_message, system_prompt
 from llm_course.agent.tools import Tool, check_value
@@ -44,25 +44,7 @@ CHOICES = ["required", {"type": "function", "function": {"name": "add"}},
 def brace_llama(tmp_path_factory) -> str:
     """Like conftest's constant_llama, but token 0 is "{": every logit ties, so a grammar's lowest allowed id wins,
     and under tool_choice="auto" the reply is always a call (unconstrained, always "{")."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    chars = [c for c in bytes_to_unicode().values() if c != "{"]
-    backend = Tokenizer(models.BPE(vocab={"{": 0} | {c: i + 1 for i, c in enumerate(chars)}, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    backend.decoder = decoders.ByteLevel()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|im_start|>", eos_token="<|im_end|>")
-    tokenizer.chat_template = CHATML
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
-    model = LlamaForCausalLM(config)
-    torch.nn.init.zeros_(model.lm_head.weight)
-    folder = tmp_path_factory.mktemp("brace_llama")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
+    return tiny.constant_lm(tmp_path_factory.mktemp("brace_llama"), "{")
 
 
 @pytest.fixture(scope="module")

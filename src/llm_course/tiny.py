@@ -34,14 +34,16 @@ def tiny_bert(folder: Path) -> str:
     return str(folder)
 
 
-def byte_tokenizer(chat_template: str | None = CHATML) -> Any:
+def byte_tokenizer(chat_template: str | None = CHATML, first: str | None = None) -> Any:
     """A byte-level tokenizer with no merges (one token per byte), ChatML's special tokens and ``chat_template``
-    (None: none, as GPT-2 has)."""
+    (None: none, as GPT-2 has). ``first``: a token (in byte-level characters, "Ġ" for a space) given id 0, before
+    the bytes."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-    vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
+    head = [first] if first is not None else []
+    vocab = {c: i for i, c in enumerate(head + [c for c in bytes_to_unicode().values() if c != first])}
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
@@ -71,6 +73,23 @@ def tiny_lm(folder: Path, arch: str = "llama", width: int = 32, mlp: int | None 
         config = GPT2Config(vocab_size=n, n_embd=width, n_layer=2, n_head=4, n_positions=1024,
                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
         model = GPT2LMHeadModel(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def constant_lm(folder: Path, first: str) -> str:
+    """A tiny Llama whose output layer is zero: every logit ties, so greedy decoding always picks token 0, ``first``
+    (and under a grammar, the lowest id the grammar allows)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = byte_tokenizer(CHATML, first)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
+    model = LlamaForCausalLM(config)
+    torch.nn.init.zeros_(model.lm_head.weight)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
