@@ -231,9 +231,10 @@ def rag_figure(results: dict[str, Any]) -> Any:
     series = (("keyword_hit_rate", "key words hit"), ("cites_given_passage_rate", "cites a given passage"),
               ("supported_share", "generated sentences supported"))  # fmt: skip
     width = 0.8 / len(series)
-    for i, (key, label) in enumerate(series):
-        values = [test[n]["all"][key] or 0 for n in names]
-        bars = c.barh([j + i * width for j in range(len(names))], values, width, label=label)
+    for i, (key, label) in enumerate(series):  # a mode without a value (extractive writes no sentence) is left out
+        shown = [(j, test[n]["all"][key]) for j, n in enumerate(names) if test[n]["all"][key] is not None]
+        bars = c.barh([j + i * width for j, _ in shown], [v for _, v in shown], width, label=label if shown else None,
+                      color=f"C{i}")  # fmt: skip
         c.bar_label(bars, fmt="%.2f", fontsize=7)
     c.axvline(0.70, color="grey", lw=1, ls="--", label="key-word target")
     c.set_yticks([j + width for j in range(len(names))], names, fontsize=8)
